@@ -1,0 +1,36 @@
+# The verbs a person remembers. Each sets up .venv from a fresh clone when needed.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test test-unit pipelines check-pipelines bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and alone: the pinned CPU build; the constraints keep it there
+	$(PY) -m pip install --disable-pip-version-check -q torch==2.13.0
+	$(PY) -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+demo: install ## the part-dpo pipeline, tiny preset, through kfp.local with a local MLflow
+	$(VENV)/bin/genalign run part-dpo --preset tiny
+
+test: install ## unit + integration tests
+	$(PY) -m pytest -q
+
+test-unit: install
+	$(PY) -m pytest -q -m "not integration"
+
+pipelines: install ## compile every pipeline into pipelines/compiled/
+	@mkdir -p pipelines/compiled
+	$(VENV)/bin/genalign compile part-dpo --preset tiny -o pipelines/compiled/part-dpo.yaml
+
+bench: install
+	$(PY) benchmarks/flow_dpo_step.py
+	$(PY) benchmarks/penetration_broadphase.py
+
+clean:
+	rm -rf .genalign

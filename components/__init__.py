@@ -1,0 +1,1 @@
+"""KFP components: one per stage, each a typed signature around one library call."""

@@ -1,0 +1,180 @@
+"""Components of the part-dpo pipeline. Each body rebuilds nothing itself: it calls
+`genalign.stages.run_stage`, which validates the config, opens the MLflow child run and
+runs the stage on the artifacts' local paths, then copies the stage metrics into the
+KFP `Metrics` output."""
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
+
+from components import images
+
+
+@dsl.component(base_image=images.CPU, install_kfp_package=False)
+def prepare_parts(
+    config: dict,
+    experiment: str,
+    pipeline_run: str,
+    num_shards: int,
+    conditions: Output[Artifact],
+    eval_conditions: Output[Artifact],
+    model: Output[Model],
+    metrics: Output[Metrics],
+) -> List[int]:
+    """Procedural conditions (train and held-out) and the base generator; returns the shard ids."""
+    from genalign.stages import run_stage
+
+    result = run_stage(
+        "prepare-parts", config, inputs={},
+        outputs={"conditions": conditions.path, "eval_conditions": eval_conditions.path, "model": model.path},
+        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
+    )
+    for key, value in result.metrics.items():
+        metrics.log_metric(key, value)
+    return list(range(num_shards))
+
+
+@dsl.component(base_image=images.CUDA, install_kfp_package=False)
+def rollout_parts(
+    config: dict,
+    experiment: str,
+    pipeline_run: str,
+    shard: int,
+    num_shards: int,
+    conditions: Input[Artifact],
+    model: Input[Model],
+    samples: Output[Artifact],
+    metrics: Output[Metrics],
+):
+    """K samples per condition of one shard: part meshes (GLB), latents and conditioning."""
+    from genalign.stages import run_stage
+
+    result = run_stage(
+        "rollout-parts", config, inputs={"conditions": conditions.path, "model": model.path},
+        outputs={"samples": samples.path}, params={"shard": shard, "num_shards": num_shards},
+        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
+    )
+    for key, value in result.metrics.items():
+        metrics.log_metric(key, value)
+
+
+@dsl.component(base_image=images.CPU, install_kfp_package=False)
+def score_samples(
+    config: dict,
+    experiment: str,
+    pipeline_run: str,
+    samples: Input[Artifact],
+    scored: Output[Artifact],
+    metrics: Output[Metrics],
+):
+    """Inter-part penetration of every sample."""
+    from genalign.stages import run_stage
+
+    result = run_stage(
+        "score", config, inputs={"samples": samples.path}, outputs={"scored": scored.path},
+        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
+    )
+    for key, value in result.metrics.items():
+        metrics.log_metric(key, value)
+
+
+@dsl.component(base_image=images.CPU, install_kfp_package=False)
+def mine_pairs(
+    config: dict,
+    experiment: str,
+    pipeline_run: str,
+    scored: Input[List[Artifact]],
+    pairs: Output[Artifact],
+    metrics: Output[Metrics],
+):
+    """Win/loss pairs from all scored shards, with counts of everything dropped and why."""
+    from genalign.stages import run_stage
+
+    result = run_stage(
+        "pairs", config, inputs={"scored": [a.path for a in scored]}, outputs={"pairs": pairs.path},
+        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
+    )
+    for key, value in result.metrics.items():
+        metrics.log_metric(key, value)
+
+
+@dsl.component(base_image=images.CUDA, install_kfp_package=False)
+def train_flow_dpo(
+    config: dict,
+    experiment: str,
+    pipeline_run: str,
+    model: Input[Model],
+    pairs: Input[Artifact],
+    adapter: Output[Model],
+    metrics: Output[Metrics],
+):
+    """Flow-matching DPO of a LoRA/DoRA adapter over the base generator."""
+    from genalign.stages import run_stage
+
+    result = run_stage(
+        "train-flow-dpo", config, inputs={"model": model.path, "pairs": pairs.path},
+        outputs={"adapter": adapter.path},
+        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
+    )
+    for key, value in result.metrics.items():
+        metrics.log_metric(key, value)
+
+
+@dsl.component(base_image=images.CUDA, install_kfp_package=False)
+def evaluate_parts(
+    config: dict,
+    experiment: str,
+    pipeline_run: str,
+    model: Input[Model],
+    adapter: Input[Model],
+    conditions: Input[Artifact],
+    report: Output[Artifact],
+    summary: Output[dsl.Markdown],
+    metrics: Output[Metrics],
+):
+    """Base vs tuned on held-out conditions with the same seeds; report, plots, gate."""
+    import shutil
+
+    from genalign.stages import run_stage
+
+    result = run_stage(
+        "evaluate-parts", config,
+        inputs={"model": model.path, "adapter": adapter.path, "conditions": conditions.path},
+        outputs={"report": report.path},
+        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
+    )
+    shutil.copyfile(result.summary["html"], summary.path)
+    for key, value in result.metrics.items():
+        metrics.log_metric(key, value)
+
+
+@dsl.component(base_image=images.CPU, install_kfp_package=False)
+def register_adapter(
+    config: dict,
+    experiment: str,
+    pipeline_run: str,
+    adapter: Input[Model],
+    report: Input[Artifact],
+    pairs: Input[Artifact],
+    registration: Output[Artifact],
+) -> str:
+    """Registers the adapter as an MLflow model version; returns "<name>/<version>"."""
+    from genalign.stages import run_stage
+
+    result = run_stage(
+        "register", config,
+        inputs={"adapter": adapter.path, "report": report.path, "pairs": pairs.path},
+        outputs={"registration": registration.path},
+        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
+    )
+    registration.metadata.update(result.summary)
+    return f"{result.summary['model_name']}/{result.summary['version']}"
+
+
+@dsl.component(base_image=images.CPU, install_kfp_package=False)
+def close_tracking(experiment: str, pipeline_run: str, status: dsl.PipelineTaskFinalStatus):
+    """Exit handler: marks the pipeline's MLflow parent run finished or failed."""
+    from genalign.tracking import end_pipeline_run
+
+    end_pipeline_run(experiment, pipeline_run, "FINISHED" if status.state == "SUCCEEDED" else "FAILED")

@@ -1,0 +1,62 @@
+"""part-dpo: preference tuning of a part-aware 3D generator against inter-part penetration.
+
+prepare -> rollout (ParallelFor over shards) -> score -> pairs -> train (flow-DPO) ->
+evaluate (base vs tuned) -> register (MLflow model version + aliases). One MLflow
+parent run per pipeline run, closed by the exit handler with the run's final status.
+Each stage takes one config dict; the preset (configs/part-dpo/<preset>.yaml) fills them.
+"""
+
+from kfp import dsl
+
+from components.part_dpo import (
+    close_tracking,
+    evaluate_parts,
+    mine_pairs,
+    prepare_parts,
+    register_adapter,
+    rollout_parts,
+    score_samples,
+    train_flow_dpo,
+)
+
+
+@dsl.pipeline(name="part-dpo", description="Flow-DPO of a part-aware 3D generator against inter-part penetration")
+def part_dpo(
+    prepare: dict,
+    rollout: dict,
+    score: dict,
+    pairs: dict,
+    train: dict,
+    evaluate: dict,
+    register: dict,
+    experiment: str = "genalign-part-dpo",
+    num_shards: int = 2,
+):
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    closer = close_tracking(experiment=experiment, pipeline_run=run_id)
+    with dsl.ExitHandler(closer, name="tracked-run"):
+        prep = prepare_parts(config=prepare, experiment=experiment, pipeline_run=run_id, num_shards=num_shards)
+        with dsl.ParallelFor(prep.outputs["Output"], name="shards") as shard:
+            roll = rollout_parts(
+                config=rollout, experiment=experiment, pipeline_run=run_id, shard=shard,
+                num_shards=num_shards, conditions=prep.outputs["conditions"], model=prep.outputs["model"],
+            )
+            scored = score_samples(
+                config=score, experiment=experiment, pipeline_run=run_id, samples=roll.outputs["samples"]
+            )
+        mined = mine_pairs(
+            config=pairs, experiment=experiment, pipeline_run=run_id,
+            scored=dsl.Collected(scored.outputs["scored"]),
+        )
+        trained = train_flow_dpo(
+            config=train, experiment=experiment, pipeline_run=run_id,
+            model=prep.outputs["model"], pairs=mined.outputs["pairs"],
+        )
+        evaluated = evaluate_parts(
+            config=evaluate, experiment=experiment, pipeline_run=run_id, model=prep.outputs["model"],
+            adapter=trained.outputs["adapter"], conditions=prep.outputs["eval_conditions"],
+        )
+        register_adapter(
+            config=register, experiment=experiment, pipeline_run=run_id, adapter=trained.outputs["adapter"],
+            report=evaluated.outputs["report"], pairs=mined.outputs["pairs"],
+        )

@@ -1,0 +1,1 @@
+"""genalign: feedback fine-tuning of generative models as Kubeflow pipelines."""

@@ -1,0 +1,1 @@
+"""Typed, strict configs (stdlib dataclasses; no torch import)."""

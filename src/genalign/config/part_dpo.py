@@ -1,0 +1,83 @@
+"""Configs of the part-dpo stages that are specific to part generation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from genalign.config.base import Config, field
+
+
+@dataclass(frozen=True)
+class PretrainPartsConfig(Config):
+    """Flow-matching pretraining of the tiny generator inside `prepare` (tiny presets)."""
+
+    objects: int = field(2000, help="procedural objects in the pretraining set (disjoint seed from the conditions)")
+    steps: int = field(1500, help="optimizer steps")
+    batch_size: int = field(64, help="objects per step")
+    lr: float = field(1e-3, help="AdamW learning rate (small DiT from scratch)")
+    hidden: int = field(64, help="DiT width")
+    depth: int = field(4, help="DiT blocks, alternating within-part and across-part attention")
+    heads: int = field(4, help="attention heads")
+    seed: int = field(0, help="seed of data order, init and timesteps")
+
+
+@dataclass(frozen=True)
+class PreparePartsConfig(Config):
+    """Conditions for rollout and held-out evaluation, and the base generator."""
+
+    train_conditions: int = field(48, help="conditions sampled by the rollout stage")
+    eval_conditions: int = field(32, help="held-out conditions for base-vs-tuned evaluation")
+    seed: int = field(1234, help="seed of the procedural conditions (train and eval drawn disjointly)")
+    image_size: int = field(32, help="rendered condition image size, pixels (tiny DINOv2 patch 8 -> 16 tokens)")
+    base_model: str = field(
+        "pretrain",
+        help="'pretrain' builds and pretrains the tiny generator here; otherwise a model reference "
+        "(path, s3://, mlflow://models/<name>@<alias>, hf://, tiny://part-generator)",
+    )
+    pretrain: PretrainPartsConfig = field(default_factory=PretrainPartsConfig, help="pretraining of the tiny base")
+
+    def __post_init__(self) -> None:
+        if self.train_conditions < 1 or self.eval_conditions < 1:
+            raise ValueError("train_conditions and eval_conditions must be >= 1")
+
+
+@dataclass(frozen=True)
+class RolloutPartsConfig(Config):
+    """Sampling K candidates per condition from the current policy."""
+
+    samples_per_condition: int = field(4, help="K samples per condition, each with its own seed (issue default 4)")
+    steps: int = field(20, help="Euler steps from t=1 to t=0")
+    guidance: float = field(2.0, help="classifier-free guidance scale")
+    batch_size: int = field(32, help="samples per forward pass")
+    seed: int = field(0, help="base seed; sample k of condition c uses a seed derived from (seed, c, k)")
+    iteration: int = field(0, help="on-policy iteration recorded in the sample rows")
+
+    def __post_init__(self) -> None:
+        if self.samples_per_condition < 2:
+            raise ValueError("samples_per_condition must be >= 2 to form pairs")
+        if self.steps < 1:
+            raise ValueError("steps must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvaluatePartsConfig(Config):
+    """Base vs tuned on held-out conditions with the same seeds for both."""
+
+    samples_per_condition: int = field(2, help="samples per held-out condition (same seeds for base and tuned)")
+    steps: int = field(20, help="Euler steps")
+    guidance: float = field(2.0, help="classifier-free guidance scale")
+    batch_size: int = field(32, help="samples per forward pass")
+    seed: int = field(10_000, help="base seed of the evaluation samples, disjoint from rollout seeds")
+    threshold: float = field(0.05, help="an object 'penetrates' when its score exceeds this")
+    guard_tolerance: float = field(0.10, help="tuned guard metrics may be at most this much worse than base (10%)")
+    voxel_resolution: int = field(32, help="grid for the volume-IoU guard")
+    gallery: int = field(8, help="objects shown base-vs-tuned in the gallery PNG")
+
+
+@dataclass(frozen=True)
+class RegisterConfig(Config):
+    """Registering the adapter in the MLflow model registry."""
+
+    model_name: str = field("genalign-part-dpo", help="registered model name")
+    aliases: list[str] = field(default_factory=lambda: ["candidate"], help="aliases always moved to the new version")
+    champion_alias: str = field("champion", help="alias moved only when the evaluation gate passes")
+    require_gate: bool = field(True, help="move the champion alias only when the gate passed")

@@ -1,0 +1,119 @@
+"""Model references: one resolver turns a string into a local directory.
+
+Forms:
+- a path:                            an existing local directory
+- `s3://bucket/key`:                 downloaded (boto3 via MLflow's artifact client)
+- `mlflow://models/<name>@<alias>`:  a registered model version by alias
+- `mlflow://models/<name>/<version>`: a registered model version by number
+- `hf://<org>/<repo>[@revision]`:    a hub snapshot (clusters with a hub or mirror)
+- `tiny://<arch>`:                   built from a config by the project and saved
+
+Downstream code always calls `from_pretrained(local_dir)` on the result, so the tiny
+path and the real path run the same code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+from genalign.storage import atomic_dir
+
+
+class ModelRefError(ValueError):
+    """A model reference that does not parse or does not resolve."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GENALIGN_CACHE", Path(os.environ.get("GENALIGN_HOME", ".genalign")) / "cache")).resolve()
+
+
+def _build_tiny_part_generator(out: Path) -> None:
+    from genalign.generators.parts import build_tiny_generator
+
+    build_tiny_generator(out, seed=0)
+
+
+# tiny://<arch> builders: random-init models from configs, for tests and tiny presets.
+TINY_BUILDERS: dict[str, Callable[[Path], None]] = {
+    "part-generator": _build_tiny_part_generator,
+}
+
+_MLFLOW = re.compile(r"^mlflow://models/(?P<name>[^@/]+)(?:@(?P<alias>[\w.-]+)|/(?P<version>\d+))$")
+
+
+def resolve(ref: str, *, cache: Path | None = None) -> Path:
+    """Return a local directory holding the model named by `ref`."""
+    cache = Path(cache) if cache else cache_dir()
+    if ref.startswith("tiny://"):
+        arch = ref[len("tiny://"):]
+        if arch not in TINY_BUILDERS:
+            raise ModelRefError(f"{ref}: unknown tiny architecture; valid: {sorted(TINY_BUILDERS)}")
+        out = cache / "tiny" / arch
+        if not out.is_dir():
+            with atomic_dir(out) as tmp:
+                TINY_BUILDERS[arch](tmp)
+        return out
+    if ref.startswith("mlflow://"):
+        m = _MLFLOW.match(ref)
+        if not m:
+            raise ModelRefError(
+                f"{ref}: expected mlflow://models/<name>@<alias> or mlflow://models/<name>/<version>"
+            )
+        return _resolve_mlflow(m["name"], m["alias"], m["version"], cache)
+    if ref.startswith("s3://"):
+        return _download(ref, cache / "s3" / ref[len("s3://"):])
+    if ref.startswith("hf://"):
+        repo, _, revision = ref[len("hf://"):].partition("@")
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(repo, revision=revision or None))
+        except Exception as e:
+            raise ModelRefError(f"{ref}: could not download from the hub ({e})") from e
+    if "://" in ref:
+        raise ModelRefError(f"{ref}: unknown scheme; use a path, s3://, mlflow://, hf:// or tiny://")
+    path = Path(ref)
+    if not path.is_dir():
+        raise ModelRefError(f"{ref}: no such model directory")
+    return path
+
+
+def _resolve_mlflow(name: str, alias: str | None, version: str | None, cache: Path) -> Path:
+    from mlflow.exceptions import MlflowException
+
+    from genalign.tracking import _client
+
+    client = _client()
+    try:
+        mv = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, version)
+        )
+    except MlflowException as e:
+        which = f"@{alias}" if alias else f"/{version}"
+        raise ModelRefError(f"mlflow://models/{name}{which}: not in the registry ({e.message})") from e
+    return _download(mv.source, cache / "mlflow" / name / str(mv.version))
+
+
+def _download(uri: str, out: Path) -> Path:
+    if out.is_dir():
+        return out
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow.artifacts
+
+    from genalign.tracking import tracking_uri
+
+    with atomic_dir(out) as tmp:
+        try:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(tmp), tracking_uri=tracking_uri()
+            )
+        except Exception as e:
+            raise ModelRefError(f"{uri}: download failed ({e})") from e
+    # download_artifacts keeps the last path component as a folder
+    children = [p for p in out.iterdir()]
+    return children[0] if len(children) == 1 and children[0].is_dir() else out

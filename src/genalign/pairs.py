@@ -1,0 +1,216 @@
+"""Pair mining: turn the scored samples of each condition into preference pairs.
+
+Samples are grouped by condition (in order of first appearance). A condition yields
+pairs when its samples can be ranked; every reason it or a candidate pair is dropped is
+counted, so a run that mines nothing says why:
+
+    conditions dropped (each counted once, in this order of checks)
+      invalid_score     require_all_valid and some sample failed or has score None
+      too_few_samples   fewer than 2 valid samples
+      ties              all valid samples have the same score
+      no_winner         threshold: no sample scores past tau_good
+      no_loser          threshold: no sample scores past tau_bad
+    candidate pairs dropped
+      mismatched_<key>  sample.output[match_key] differs between the two samples
+      below_min_gap     |gap| < min_gap and keep_weak is false
+      capped            beyond max_pairs_per_condition
+    totals
+      conditions, samples, invalid_samples (not ok or unscored), conditions_with_pairs,
+      pairs (all kept), weak (kept pairs below min_gap)
+
+Strategies:
+- best_vs_worst (Self-Rewarding LMs, Yuan et al. 2024; iterative on-policy DPO): one pair
+  per condition, the best sample against the worst; ties between equal scores go to the
+  lowest sample_id, so the result does not depend on the input order.
+- threshold (DSO, Li et al. 2025): winners are samples past tau_good, losers past tau_bad;
+  every (winner, loser) combination, optionally capped per condition by a seeded subset.
+
+A sample with status "failed" never enters a pair: it has no output to train on. A policy
+whose bad outputs should be trained against (a malformed plan) records them as "ok" with a
+low score instead.
+
+A shard that yields no pairs is not an error here; the caller decides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+import statistics
+from typing import Any
+
+from genalign.config.pairs import PairsConfig
+from genalign.records import Pair, ScoredSample
+
+CONDITION_REASONS = ("invalid_score", "too_few_samples", "ties", "no_winner", "no_loser")
+
+
+@dataclasses.dataclass(frozen=True)
+class MiningResult:
+    """The mined pairs and the counts that explain them (see the module docstring)."""
+
+    pairs: list[Pair]
+    counts: dict[str, int]
+
+
+def pair_id(cond_id: str, chosen: str, rejected: str) -> str:
+    """The deterministic id of a pair: the same two samples give the same id in every run."""
+    return f"{cond_id}:{chosen}>{rejected}"
+
+
+def mine_pairs(scored: list[ScoredSample], cfg: PairsConfig, *, iteration: int = 0) -> MiningResult:
+    """Mine preference pairs from `scored`; pairs carry `iteration` (on-policy round)."""
+    groups: dict[str, list[ScoredSample]] = {}
+    seen: set[str] = set()
+    for s in scored:
+        if s.sample_id in seen:
+            raise ValueError(f"sample_id {s.sample_id!r} appears twice in the scored samples")
+        seen.add(s.sample_id)
+        groups.setdefault(s.cond_id, []).append(s)
+    if cfg.match_key is not None:
+        for s in scored:
+            if s.valid and not (isinstance(s.output, dict) and cfg.match_key in s.output):
+                raise ValueError(
+                    f"sample {s.sample_id!r}: output has no key {cfg.match_key!r} "
+                    f"(PairsConfig.match_key); output is {s.output!r}"
+                )
+
+    counts = {
+        "conditions": len(groups),
+        "samples": len(scored),
+        "invalid_samples": sum(not s.valid for s in scored),
+        **{reason: 0 for reason in CONDITION_REASONS},
+        **({f"mismatched_{cfg.match_key}": 0} if cfg.match_key is not None else {}),
+        "below_min_gap": 0,
+        "capped": 0,
+        "conditions_with_pairs": 0,
+        "pairs": 0,
+        "weak": 0,
+    }
+    pairs: list[Pair] = []
+    for cond_id, group in groups.items():
+        valid = [s for s in group if s.valid]
+        if cfg.require_all_valid and len(valid) < len(group):
+            counts["invalid_score"] += 1
+            continue
+        if len(valid) < 2:
+            counts["too_few_samples"] += 1
+            continue
+        if len({s.score for s in valid}) == 1:
+            counts["ties"] += 1
+            continue
+        if cfg.strategy == "best_vs_worst":
+            candidates = [_best_vs_worst(valid, cfg)]
+        else:
+            winners = [s for s in valid if _is_good(s, cfg)]
+            losers = [s for s in valid if _is_bad(s, cfg)]
+            if not winners:
+                counts["no_winner"] += 1
+                continue
+            if not losers:
+                counts["no_loser"] += 1
+                continue
+            # Best winner and worst loser first; ids break ties (determinism).
+            winners.sort(key=lambda s: (_badness(s, cfg), s.sample_id))
+            losers.sort(key=lambda s: (-_badness(s, cfg), s.sample_id))
+            candidates = list(itertools.product(winners, losers))
+
+        kept = []
+        for chosen, rejected in candidates:
+            if cfg.match_key is not None and (
+                chosen.output[cfg.match_key] != rejected.output[cfg.match_key]
+            ):
+                counts[f"mismatched_{cfg.match_key}"] += 1
+                continue
+            gap = abs(chosen.score - rejected.score)
+            weak = gap < cfg.min_gap
+            if weak and not cfg.keep_weak:
+                counts["below_min_gap"] += 1
+                continue
+            kept.append(
+                Pair(
+                    pair_id=pair_id(cond_id, chosen.sample_id, rejected.sample_id),
+                    cond_id=cond_id,
+                    chosen=chosen.sample_id,
+                    rejected=rejected.sample_id,
+                    chosen_score=chosen.score,
+                    rejected_score=rejected.score,
+                    gap=gap,
+                    iteration=iteration,
+                    weak=weak,
+                )
+            )
+        cap = cfg.max_pairs_per_condition
+        if cap is not None and len(kept) > cap:
+            # A random subset rather than the largest gaps: the largest gaps all reuse the
+            # single best and worst samples. Seeded per condition (a str seed hashes
+            # stably), so a condition's pairs do not depend on which shard it is in.
+            rng = random.Random(f"{cfg.seed}:{cond_id}")
+            keep = sorted(rng.sample(range(len(kept)), cap))
+            counts["capped"] += len(kept) - cap
+            kept = [kept[i] for i in keep]
+        if kept:
+            counts["conditions_with_pairs"] += 1
+        counts["weak"] += sum(p.weak for p in kept)
+        pairs.extend(kept)
+    counts["pairs"] = len(pairs)
+    return MiningResult(pairs=pairs, counts=counts)
+
+
+def _badness(s: ScoredSample, cfg: PairsConfig) -> float:
+    """The score oriented so that smaller is better."""
+    return -s.score if cfg.higher_is_better else s.score
+
+
+def _best_vs_worst(
+    valid: list[ScoredSample], cfg: PairsConfig
+) -> tuple[ScoredSample, ScoredSample]:
+    best = min(valid, key=lambda s: (_badness(s, cfg), s.sample_id))
+    worst = min(valid, key=lambda s: (-_badness(s, cfg), s.sample_id))
+    return best, worst
+
+
+def _is_good(s: ScoredSample, cfg: PairsConfig) -> bool:
+    return s.score >= cfg.tau_good if cfg.higher_is_better else s.score <= cfg.tau_good
+
+
+def _is_bad(s: ScoredSample, cfg: PairsConfig) -> bool:
+    return s.score <= cfg.tau_bad if cfg.higher_is_better else s.score >= cfg.tau_bad
+
+
+def accumulate(pair_sets: list[list[Pair]]) -> list[Pair]:
+    """Union of the pairs of iterations 0..i for iterative on-policy training.
+
+    Each pair keeps its `iteration`. A pair_id seen again is replaced by the later one,
+    which takes the later position; otherwise the order is that of `pair_sets`.
+    """
+    merged: dict[str, Pair] = {}
+    for pairs in pair_sets:
+        for p in pairs:
+            merged.pop(p.pair_id, None)
+            merged[p.pair_id] = p
+    return list(merged.values())
+
+
+def summarize(result: MiningResult) -> dict[str, Any]:
+    """Counts and the gap distribution of a mining result, for reports and tracking.
+
+    {"counts": {...}, "gap": {"min", "median", "mean", "max"} or None when there are no
+    pairs, "weak_fraction": float or None}.
+    """
+    gaps = [p.gap for p in result.pairs]
+    return {
+        "counts": dict(result.counts),
+        "gap": (
+            {
+                "min": min(gaps),
+                "median": statistics.median(gaps),
+                "mean": statistics.fmean(gaps),
+                "max": max(gaps),
+            }
+            if gaps
+            else None
+        ),
+        "weak_fraction": (sum(p.weak for p in result.pairs) / len(gaps)) if gaps else None,
+    }

@@ -1,0 +1,235 @@
+"""Experiment tracking: a small Tracker interface; MLflow behind it (see `MlflowTracker`).
+
+Library code logs through `Tracker` and never imports mlflow itself. `NullTracker`
+keeps everything in memory, for tests and for stages called from plain Python.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Tracker:
+    """What a stage may log. Metric keys follow `train/loss`, `eval/penetration_mean`."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        raise NotImplementedError
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        raise NotImplementedError
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        """Log a matplotlib figure as a PNG named `name` (e.g. "plots/penetration.png")."""
+        raise NotImplementedError
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        raise NotImplementedError
+
+
+class NullTracker(Tracker):
+    """Keeps what was logged in memory."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.metrics: list[tuple[int | None, dict[str, float]]] = []
+        self.artifacts: list[tuple[Path, str | None]] = []
+        self.figures: list[str] = []
+        self.tags: dict[str, str] = {}
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self.params.update(params)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.artifacts.append((Path(path), artifact_path))
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        self.figures.append(name)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.tags.update(tags)
+
+    def history(self, key: str) -> list[float]:
+        return [m[key] for _, m in self.metrics if key in m]
+
+
+# --------------------------------------------------------------------------- MLflow
+
+DEFAULT_DIR = ".genalign"
+PIPELINE_RUN_TAG = "genalign.pipeline_run"
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` (the cluster's ConfigMap) or the embedded default.
+
+    The default is a SQLite store under `.genalign/` of the working directory, with
+    artifacts beside it; the path is made absolute so that pipeline tasks started in
+    other directories reach the same store.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    root = Path(os.environ.get("GENALIGN_HOME", DEFAULT_DIR)).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _client():
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def _experiment_id(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by a sibling task
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def pipeline_run_id(experiment: str, pipeline_run: str, *, tags: dict[str, str] | None = None) -> str:
+    """The MLflow parent run of one pipeline run, created on first use.
+
+    Every stage calls this with the KFP run id, so whichever stage comes first opens the
+    parent and the others find it by tag; nothing has to pass a run id between tasks.
+    """
+    client = _client()
+    exp_id = _experiment_id(client, experiment)
+    found = client.search_runs(
+        [exp_id], filter_string=f"tags.`{PIPELINE_RUN_TAG}` = '{pipeline_run}'", max_results=1
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        exp_id,
+        run_name=f"{(tags or {}).get('genalign.pipeline', 'pipeline')}-{pipeline_run}"[:250],
+        tags={PIPELINE_RUN_TAG: pipeline_run, **(tags or {})},
+    )
+    return run.info.run_id
+
+
+class MlflowTracker(Tracker):
+    """Logs to one MLflow run through `MlflowClient` (no fluent global run state)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.client = _client()
+        self.run_id = run_id
+
+    @classmethod
+    def for_stage(
+        cls, *, experiment: str, pipeline_run: str, stage: str, tags: dict[str, str] | None = None
+    ) -> "MlflowTracker":
+        """A child run named after the stage under the pipeline's parent run."""
+        parent = pipeline_run_id(experiment, pipeline_run, tags=tags)
+        client = _client()
+        exp_id = client.get_run(parent).info.experiment_id
+        run = client.create_run(
+            exp_id,
+            run_name=stage,
+            tags={
+                "mlflow.parentRunId": parent,
+                PIPELINE_RUN_TAG + ".child": pipeline_run,
+                "genalign.stage": stage,
+                **(tags or {}),
+            },
+        )
+        tracker = cls(run.info.run_id)
+        tracker.parent_run_id = parent
+        return tracker
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        self.client.log_figure(self.run_id, figure, name)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
+
+    def artifact_uri(self, artifact_path: str) -> str:
+        return f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+
+
+def end_pipeline_run(experiment: str, pipeline_run: str, status: str = "FINISHED") -> None:
+    client = _client()
+    run_id = pipeline_run_id(experiment, pipeline_run)
+    client.set_terminated(run_id, status)
+
+
+def register_model_version(
+    tracker: MlflowTracker,
+    *,
+    name: str,
+    artifact_path: str,
+    tags: dict[str, str],
+    aliases: list[str],
+    description: str = "",
+) -> str:
+    """Register `<run artifacts>/<artifact_path>` as a new version of model `name`.
+
+    `mlflow.register_model("runs:/...")` rejects a plain logged folder and leaves an
+    empty registered model behind, so the version is created from the artifact URI.
+    Returns the version number.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = tracker.client
+    try:
+        client.create_registered_model(name, description=description or None)
+    except MlflowException as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e.error_code):
+            raise
+    version = client.create_model_version(
+        name,
+        source=tracker.artifact_uri(artifact_path),
+        run_id=tracker.run_id,
+        tags={k: str(v) for k, v in tags.items()},
+        description=description or None,
+    )
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
