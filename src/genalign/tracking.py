@@ -132,9 +132,10 @@ def pipeline_run_id(experiment: str, pipeline_run: str, *, tags: dict[str, str] 
 class MlflowTracker(Tracker):
     """Logs to one MLflow run through `MlflowClient` (no fluent global run state)."""
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, parent_run_id: str | None = None) -> None:
         self.client = _client()
         self.run_id = run_id
+        self.parent_run_id = parent_run_id
 
     @classmethod
     def for_stage(
@@ -154,9 +155,7 @@ class MlflowTracker(Tracker):
                 **(tags or {}),
             },
         )
-        tracker = cls(run.info.run_id)
-        tracker.parent_run_id = parent
-        return tracker
+        return cls(run.info.run_id, parent_run_id=parent)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param

@@ -117,6 +117,25 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_args(self) -> dict[str, Any]:
+        """`to_dict` without the fields that are None by default.
+
+        KFP pipeline parameters cannot hold null, and `from_dict` restores those
+        defaults, so this is the form passed to a pipeline.
+        """
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Config):
+                out[f.name] = value.to_args()
+            elif value is None and f.default is None:
+                continue
+            elif isinstance(value, tuple):
+                out[f.name] = list(value)
+            else:
+                out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return out
+
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
 

@@ -92,7 +92,7 @@ def load_preset(pipeline: str, preset: str = "tiny", overrides: list[str] | tupl
         raise ConfigError(f"{path}: unknown key(s) {unknown}; valid keys are {sorted(sections) + sorted(scalars)}")
     args: dict[str, Any] = {}
     for name, cls_path in sections.items():
-        args[name] = _class(cls_path).from_dict(data.get(name) or {}, where=f"{path}: {name}").to_dict()
+        args[name] = _class(cls_path).from_dict(data.get(name) or {}, where=f"{path}: {name}").to_args()
     for name, tp in scalars.items():
         if name in data:
             if not isinstance(data[name], tp) or isinstance(data[name], bool):

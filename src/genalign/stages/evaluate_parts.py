@@ -1,0 +1,178 @@
+"""evaluate-parts: base vs tuned generator on held-out conditions, the same seeds for both.
+
+For each held-out condition and seed, both models sample; the decoded objects are
+scored for penetration and compared with the ground truth (the reward-hacking guard:
+the easiest way to stop penetrating is to shrink or scatter parts, which volume IoU,
+Chamfer distance and the volume ratio expose). The gate passes when mean penetration
+goes down and the guard holds within `guard_tolerance` of the base.
+
+The report directory holds report.json, table.txt, PNG plots, a gallery, report.md and
+a self-contained report.html (shown in the Kubeflow UI).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from statistics import fmean
+
+from genalign.config.part_dpo import EvaluatePartsConfig
+from genalign.records import Condition
+from genalign.stages import StageResult
+from genalign.stages.common import completed, fingerprint, load_generator
+from genalign.storage import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
+from genalign.tracking import Tracker
+
+GUARD_LOWER_IS_BETTER = {"chamfer": True, "volume_iou": False}
+
+
+def measure(gen, conditions: list[Condition], cond_dir: Path, cfg: EvaluatePartsConfig, out: Path | None = None,
+            tag: str = "") -> list[dict]:
+    """Sample, decode, score and compare one generator on `conditions`; one row per sample."""
+    from genalign.config.score import PenetrationConfig
+    from genalign.data.parts import object_from_dict
+    from genalign.evaluation.geometry import guard_metrics
+    from genalign.models.part_codec import decode_object, decode_parts, part_mesh, save_glb
+    from genalign.scorers.penetration import score_object
+    from genalign.stages.rollout_parts import generate
+
+    results, _ = generate(
+        gen, conditions, cond_dir, k=cfg.samples_per_condition, seed=cfg.seed, steps=cfg.steps,
+        guidance=cfg.guidance, batch_size=cfg.batch_size, adapter_tag=f" ({tag})" if tag else "",
+    )
+    score_cfg = PenetrationConfig(workers=1)
+    rows = []
+    for c, k, seed, latent in results:
+        gt = object_from_dict(json.loads((cond_dir / c.meta["gt"]).read_text()))
+        gt_meshes = [part_mesh(p) for p in gt.parts]
+        meshes = decode_object(latent.numpy())
+        if out is not None:
+            save_glb(meshes, out / "samples" / tag / f"{c.id}-k{k}.glb")
+        pen = score_object(meshes, score_cfg)
+        guard = guard_metrics(meshes, gt_meshes, resolution=cfg.voxel_resolution, seed=seed % 1000)
+        rows.append({
+            "cond_id": c.id, "k": k, "seed": seed, "category": c.class_, "penetration": pen.score,
+            "penetration_mean_pairs": pen.detail["penetration_mean"], **guard,
+            "parts": [p.to_dict() for p in decode_parts(latent.numpy())],
+        })
+    return rows
+
+
+def summarize(rows: list[dict], threshold: float) -> dict[str, float]:
+    pen = [r["penetration"] for r in rows]
+    return {
+        "penetration_mean": fmean(pen),
+        "penetration_max": max(pen),
+        "penetrating_share": sum(p > threshold for p in pen) / len(pen),
+        "volume_iou": fmean(r["volume_iou"] for r in rows),
+        "chamfer": fmean(r["chamfer"] for r in rows),
+        "volume_ratio": fmean(r["volume_ratio"] for r in rows),
+        "part_count_match": fmean(float(r["part_count"] == r["part_count_gt"]) for r in rows),
+    }
+
+
+def compare(base_rows: list[dict], tuned_rows: list[dict], cfg: EvaluatePartsConfig) -> dict:
+    """Metrics of both models, the tuned model's win rate and the gate decision."""
+    base, tuned = summarize(base_rows, cfg.threshold), summarize(tuned_rows, cfg.threshold)
+    wins = [
+        1.0 if t["penetration"] < b["penetration"] else 0.5 if t["penetration"] == b["penetration"] else 0.0
+        for b, t in zip(base_rows, tuned_rows, strict=True)
+    ]
+    ratio = tuned["penetration_mean"] / base["penetration_mean"] if base["penetration_mean"] > 0 else float("inf")
+    tol = cfg.guard_tolerance
+    guard_ok = (
+        tuned["volume_iou"] >= base["volume_iou"] * (1 - tol)
+        and tuned["chamfer"] <= base["chamfer"] * (1 + tol)
+        and abs(tuned["volume_ratio"] - base["volume_ratio"]) <= tol * base["volume_ratio"]
+    )
+    gate = {
+        "penetration_down": tuned["penetration_mean"] < base["penetration_mean"],
+        "guard_held": guard_ok,
+    }
+    gate["passed"] = all(gate.values())
+    return {"base": base, "tuned": tuned, "win_rate": fmean(wins), "penetration_ratio": ratio, "gate": gate}
+
+
+def run(cfg: EvaluatePartsConfig, *, model: Path, adapter: Path, conditions: Path, report: Path,
+        tracker: Tracker) -> StageResult:
+    from genalign.stages.rollout_parts import load_conditions
+    from genalign.trainers.flow_dpo import check_adapter_base
+
+    conds = load_conditions(conditions)
+    check_adapter_base(adapter, model / "dit")
+    fp = fingerprint(cfg, {"model": model, "adapter": adapter, "conditions": conditions})
+    if completed(report, "report", fp):
+        data = json.loads((report / "report.json").read_text())
+        return StageResult(metrics=data["metrics"], summary={"html": str(report / "report.html"), **data["comparison"]["gate"]})
+
+    with atomic_dir(report) as tmp:
+        base_rows = measure(load_generator(model), conds, conditions, cfg, tmp, "base")
+        tuned_rows = measure(load_generator(model, adapter_dir=adapter), conds, conditions, cfg, tmp, "tuned")
+        comparison = compare(base_rows, tuned_rows, cfg)
+        metrics = _flat_metrics(comparison)
+        _write_report(tmp, cfg, comparison, metrics, base_rows, tuned_rows, tracker)
+        write_manifest(tmp, kind="report", config=cfg.to_dict(),
+                       inputs={"model": str(model), "adapter": str(adapter), "conditions": str(conditions)},
+                       counts={"conditions": len(conds), "samples": len(base_rows)},
+                       hash_files=["report.json"], extra={"fingerprint": fp})
+    tracker.log_artifact(report, "report")
+    return StageResult(metrics=metrics, summary={"html": str(report / "report.html"), **comparison["gate"]})
+
+
+def _flat_metrics(comparison: dict) -> dict[str, float]:
+    metrics = {}
+    for model in ("base", "tuned"):
+        metrics.update({f"eval/{model}_{k}": float(v) for k, v in comparison[model].items()})
+    metrics["eval/penetration_ratio"] = float(comparison["penetration_ratio"])
+    metrics["eval/win_rate"] = float(comparison["win_rate"])
+    metrics["eval/gate_passed"] = float(comparison["gate"]["passed"])
+    return metrics
+
+
+def _write_report(out: Path, cfg, comparison, metrics, base_rows, tuned_rows, tracker: Tracker) -> None:
+    from genalign.evaluation.report import (
+        before_after_table, histogram_figure, html_report, markdown_report, paired_scatter_figure,
+        render_gallery, save_figure,
+    )
+    from genalign.models.part_codec import PartParams
+
+    base, tuned = comparison["base"], comparison["tuned"]
+    table_rows = [(k, base[k], tuned[k]) for k in base]
+    lower = {"penetration_mean": True, "penetration_max": True, "penetrating_share": True, "chamfer": True,
+             "volume_iou": False, "volume_ratio": False, "part_count_match": False}
+    table = before_after_table(table_rows, lower_is_better=lower)
+    gate = comparison["gate"]
+    verdict = (
+        f"penetration ratio tuned/base {comparison['penetration_ratio']:.2f}, win rate {comparison['win_rate']:.2f}; "
+        f"gate {'PASSED' if gate['passed'] else 'FAILED'} (penetration down: {gate['penetration_down']}, "
+        f"guard held: {gate['guard_held']})"
+    )
+    atomic_write_text(out / "table.txt", table + "\n" + verdict + "\n")
+    figures = {
+        "penetration_hist.png": histogram_figure(
+            [r["penetration"] for r in base_rows], [r["penetration"] for r in tuned_rows],
+            title="Penetration per object (held-out)", xlabel="max pairwise overlap / smaller part volume"),
+        "penetration_paired.png": paired_scatter_figure(
+            [r["penetration"] for r in base_rows], [r["penetration"] for r in tuned_rows],
+            title="Same seed: base vs tuned penetration"),
+        "volume_iou_hist.png": histogram_figure(
+            [r["volume_iou"] for r in base_rows], [r["volume_iou"] for r in tuned_rows],
+            title="Guard: volume IoU to ground truth", xlabel="volume IoU"),
+    }
+    for name, fig in figures.items():
+        save_figure(fig, out / name)
+        tracker.log_figure(fig, f"plots/{name}")
+    n = min(cfg.gallery, len(base_rows))
+    objects = [[PartParams.from_dict(p) for p in r["parts"]] for pair in zip(base_rows[:n], tuned_rows[:n]) for r in pair]
+    labels = [f"{r['cond_id']} {tag} pen={r['penetration']:.2f}"
+              for pair in zip(base_rows[:n], tuned_rows[:n]) for r, tag in zip(pair, ("base", "tuned"))]
+    render_gallery(objects, labels, out / "gallery.png")
+    images = {"penetration": "penetration_hist.png", "paired": "penetration_paired.png",
+              "guard": "volume_iou_hist.png", "gallery (base | tuned)": "gallery.png"}
+    notes = [verdict, f"{len(base_rows)} held-out samples, seeds shared by base and tuned"]
+    atomic_write_text(out / "report.md", markdown_report("part-dpo evaluation", table_rows, images, notes))
+    atomic_write_text(out / "report.html", html_report("part-dpo evaluation", table_rows, {k: out / v for k, v in images.items()}, notes))
+    atomic_write_json(out / "report.json", {
+        "metrics": metrics, "comparison": comparison, "config": cfg.to_dict(),
+        "samples": {"base": base_rows, "tuned": tuned_rows},
+    })

@@ -1,0 +1,76 @@
+"""pairs: win/loss pairs from one or more scored shards.
+
+The pairs artifact is self-contained for training: `pairs.jsonl`, the rows of the
+samples it names (`samples.jsonl`, with their scores) and their latent and conditioning
+files. Counts of everything dropped, and why, go to the manifest and the metrics. A
+shard that yields no pair is counted; no pair at all is an error, since there is
+nothing to train on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genalign.config.pairs import PairsConfig
+from genalign.pairs import MiningResult, mine_pairs, summarize
+from genalign.records import ScoredSample, read_jsonl, write_jsonl
+from genalign.stages import StageResult
+from genalign.stages.common import completed, fingerprint, link_or_copy
+from genalign.storage import atomic_dir, read_manifest, write_manifest
+from genalign.tracking import Tracker
+
+
+class NoPairsError(ValueError):
+    """No condition produced a pair."""
+
+
+def run(cfg: PairsConfig, *, scored: list[Path], pairs: Path, tracker: Tracker) -> StageResult:
+    if not scored:
+        raise ValueError("pairs: no scored artifacts given")
+    fp = fingerprint(cfg, {"scored": scored})
+    shards: list[tuple[Path, list[ScoredSample]]] = []
+    for directory in scored:
+        read_manifest(directory, "scored")
+        shards.append((directory, read_jsonl(directory / "scored.jsonl", ScoredSample)))
+    if completed(pairs, "pairs", fp):
+        import json
+
+        counts = json.loads((pairs / "manifest.json").read_text())["counts"]
+        return StageResult(metrics={f"pairs/{k}": float(v) for k, v in counts.items()}, summary=counts)
+
+    all_pairs, counts, empty_shards = [], {}, 0
+    source: dict[str, tuple[Path, ScoredSample]] = {}
+    for directory, rows in shards:
+        result = mine_pairs(rows, cfg, iteration=max((r.iteration for r in rows), default=0))
+        if not result.pairs:
+            empty_shards += 1
+        all_pairs.extend(result.pairs)
+        for k, v in result.counts.items():
+            counts[k] = counts.get(k, 0) + v
+        for r in rows:
+            source[r.sample_id] = (directory, r)
+    counts["shards"] = len(shards)
+    counts["shards_without_pairs"] = empty_shards
+    if not all_pairs:
+        reasons = {k: v for k, v in counts.items() if v and k not in ("pairs", "shards")}
+        raise NoPairsError(f"pairs: no pairs from {len(shards)} scored shard(s) {[str(d) for d, _ in shards]}; counts: {reasons}")
+
+    with atomic_dir(pairs) as tmp:
+        used = []
+        for sid in dict.fromkeys(s for p in all_pairs for s in (p.chosen, p.rejected)):
+            directory, row = source[sid]
+            used.append(row)
+            for key in ("latent", "cond"):
+                dst = tmp / row.files[key]
+                if not dst.exists():
+                    link_or_copy(directory / row.files[key], dst)
+        write_jsonl(tmp / "pairs.jsonl", all_pairs)
+        write_jsonl(tmp / "samples.jsonl", used)
+        stats = summarize(MiningResult(pairs=all_pairs, counts=counts))
+        write_manifest(
+            tmp, kind="pairs", config=cfg.to_dict(), inputs={"scored": [str(d) for d in scored]},
+            counts=counts, hash_files=["pairs.jsonl", "samples.jsonl"], extra={"fingerprint": fp, "gap": stats["gap"]},
+        )
+    metrics = {f"pairs/{k}": float(v) for k, v in counts.items()}
+    metrics.update({f"pairs/gap_{k}": float(v) for k, v in (stats["gap"] or {}).items()})
+    return StageResult(metrics=metrics, summary=counts)

@@ -1,0 +1,71 @@
+"""score: inter-part penetration of every sample of a samples artifact.
+
+The scored artifact holds the sample files (hard links where the file system allows)
+and `scored.jsonl`: the sample rows plus {score, detail, scorer}. A sample whose
+generation failed, or whose meshes cannot be read, keeps score null and is counted;
+pair mining then leaves its condition out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from genalign.config.score import PenetrationConfig
+from genalign.records import Sample, ScoredSample, read_jsonl, write_jsonl
+from genalign.stages import StageResult
+from genalign.stages.common import completed, fingerprint, link_or_copy
+from genalign.storage import MANIFEST, atomic_dir, read_manifest, write_manifest
+from genalign.tracking import Tracker
+
+
+def run(cfg: PenetrationConfig, *, samples: Path, scored: Path, tracker: Tracker) -> StageResult:
+    from genalign.scorers.penetration import PenetrationScorer
+
+    read_manifest(samples, "samples")
+    rows = read_jsonl(samples / "samples.jsonl", Sample)
+    fp = fingerprint(cfg, {"samples": samples})
+    if completed(scored, "scored", fp):
+        out_rows = read_jsonl(scored / "scored.jsonl", ScoredSample)
+        return StageResult(metrics=_metrics(out_rows) | {"score/resumed": 1.0}, summary={"samples": len(out_rows)})
+
+    scorer = PenetrationScorer(cfg)
+    ok = [r for r in rows if r.status == "ok"]
+    results = dict(zip((r.sample_id for r in ok), scorer.score_files([samples / r.files["meshes"] for r in ok])))
+    out_rows = []
+    for r in rows:
+        res = results.get(r.sample_id)
+        if res is None or res.score is None:
+            detail = {"error": (res.error if res is not None else r.error) or "generation failed"}
+            status = "failed"
+            out_rows.append(ScoredSample.of(dataclasses.replace(r, status=status),
+                                            score=None, scorer=scorer.name, detail=detail))
+        else:
+            out_rows.append(ScoredSample.of(r, score=float(res.score), scorer=scorer.name, detail=res.detail))
+    with atomic_dir(scored) as tmp:
+        for path in samples.rglob("*"):
+            rel = path.relative_to(samples)
+            if path.is_file() and rel.name not in (MANIFEST, "samples.jsonl"):
+                link_or_copy(path, tmp / rel)
+        write_jsonl(tmp / "scored.jsonl", out_rows)
+        metrics = _metrics(out_rows)
+        write_manifest(
+            tmp, kind="scored", config=cfg.to_dict(), inputs={"samples": str(samples)},
+            counts={"samples": len(out_rows), "failed": int(metrics["score/failed"])},
+            hash_files=["scored.jsonl"], extra={"fingerprint": fp, "scorer": scorer.name},
+        )
+    tracker.log_metrics(metrics)
+    return StageResult(metrics=metrics, summary={"samples": len(out_rows)})
+
+
+def _metrics(rows: list[ScoredSample]) -> dict[str, float]:
+    valid = [r.score for r in rows if r.valid]
+    detail_sum = lambda key: float(sum(r.detail.get(key, 0) for r in rows if r.valid))  # noqa: E731
+    return {
+        "score/samples": float(len(rows)),
+        "score/failed": float(len(rows) - len(valid)),
+        "score/mean": float(sum(valid) / len(valid)) if valid else float("nan"),
+        "score/max": float(max(valid)) if valid else float("nan"),
+        "score/fallback_pairs": detail_sum("fallback_pairs"),
+        "score/non_watertight_parts": detail_sum("non_watertight_parts"),
+    }

@@ -1,0 +1,68 @@
+"""train-flow-dpo: flow-matching DPO of a LoRA/DoRA adapter over the base part DiT.
+
+Reads the self-contained pairs artifact (pairs, sample rows, latents, conditioning),
+trains with `genalign.trainers.flow_dpo`, and writes the peft adapter directory plus
+`genalign.json`. Checkpoints live in a work directory keyed by the config and inputs
+(under the cache), so a re-run after a crash resumes from the last checkpoint; the
+adapter artifact itself appears only when training completes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from genalign.config.flow_dpo import FlowDPOConfig
+from genalign.records import Pair, ScoredSample, read_jsonl
+from genalign.stages import StageResult
+from genalign.stages.common import completed, fingerprint
+from genalign.storage import atomic_dir, read_manifest, write_manifest
+from genalign.tracking import Tracker
+
+
+def pair_files(pairs_dir: Path) -> list[dict[str, Path]]:
+    """The chosen/rejected latent and conditioning files of every pair, in file order."""
+    read_manifest(pairs_dir, "pairs")
+    pairs = read_jsonl(pairs_dir / "pairs.jsonl", Pair)
+    samples = {s.sample_id: s for s in read_jsonl(pairs_dir / "samples.jsonl", ScoredSample)}
+    items = []
+    for p in pairs:
+        for sid in (p.chosen, p.rejected):
+            if sid not in samples:
+                raise ValueError(f"{pairs_dir / 'pairs.jsonl'}: pair {p.pair_id} names sample {sid!r} missing from samples.jsonl")
+        chosen, rejected = samples[p.chosen], samples[p.rejected]
+        items.append({
+            "chosen_latent": pairs_dir / chosen.files["latent"],
+            "rejected_latent": pairs_dir / rejected.files["latent"],
+            "cond": pairs_dir / chosen.files["cond"],
+        })
+    return items
+
+
+def run(cfg: FlowDPOConfig, *, model: Path, pairs: Path, adapter: Path, tracker: Tracker) -> StageResult:
+    import json
+
+    from genalign.models.part_codec import MAX_PARTS
+    from genalign.models.refs import cache_dir
+    from genalign.trainers.flow_dpo import load_pair_tensors, train_flow_dpo
+
+    fp = fingerprint(cfg, {"model": model, "pairs": pairs})
+    if completed(adapter, "adapter", fp):
+        metrics = json.loads((adapter / "genalign.json").read_text())["metrics"]
+        return StageResult(metrics={f"train/{k}": float(v) for k, v in metrics.items()}, summary=metrics)
+    tensors = load_pair_tensors(pair_files(pairs), max_parts=MAX_PARTS)
+    work = cache_dir() / "train" / fp
+    metrics = train_flow_dpo(
+        cfg, base_model_dir=model / "dit", pairs=tensors, out_dir=work, tracker=tracker,
+        resume=True, base_model_ref=str(model),
+    )
+    with atomic_dir(adapter) as tmp:
+        for path in work.iterdir():
+            if path.name != "checkpoints":
+                (shutil.copytree if path.is_dir() else shutil.copy2)(path, tmp / path.name)
+        write_manifest(
+            tmp, kind="adapter", config=cfg.to_dict(), inputs={"model": str(model), "pairs": str(pairs)},
+            counts={"pairs": len(tensors.part_mask)}, extra={"fingerprint": fp},
+        )
+    shutil.rmtree(work, ignore_errors=True)
+    return StageResult(metrics={f"train/{k}": float(v) for k, v in metrics.items()}, summary=metrics)
