@@ -166,12 +166,13 @@ def _write_report(out: Path, cfg, comparison, metrics, base_rows, tuned_rows, tr
     objects = [[PartParams.from_dict(p) for p in r["parts"]] for pair in zip(base_rows[:n], tuned_rows[:n]) for r in pair]
     labels = [f"{r['cond_id']} {tag} pen={r['penetration']:.2f}"
               for pair in zip(base_rows[:n], tuned_rows[:n]) for r, tag in zip(pair, ("base", "tuned"))]
-    render_gallery(objects, labels, out / "gallery.png")
+    render_gallery(objects, labels, out / "gallery.png", columns=4)
     images = {"penetration": "penetration_hist.png", "paired": "penetration_paired.png",
               "guard": "volume_iou_hist.png", "gallery (base | tuned)": "gallery.png"}
     notes = [verdict, f"{len(base_rows)} held-out samples, seeds shared by base and tuned"]
-    atomic_write_text(out / "report.md", markdown_report("part-dpo evaluation", table_rows, images, notes))
-    atomic_write_text(out / "report.html", html_report("part-dpo evaluation", table_rows, {k: out / v for k, v in images.items()}, notes))
+    title = "part-dpo evaluation: base vs tuned on held-out conditions"
+    atomic_write_text(out / "report.md", markdown_report(title, table_rows, images, notes, lower_is_better=lower))
+    atomic_write_text(out / "report.html", html_report(title, table_rows, images, notes, root=out, lower_is_better=lower))
     atomic_write_json(out / "report.json", {
         "metrics": metrics, "comparison": comparison, "config": cfg.to_dict(),
         "samples": {"base": base_rows, "tuned": tuned_rows},

@@ -1,0 +1,1 @@
+"""Data the project generates itself: procedural objects for the tiny presets."""

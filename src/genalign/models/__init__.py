@@ -1,0 +1,1 @@
+"""Models: references and loaders, tiny builders, the part DiT and the part codec."""
