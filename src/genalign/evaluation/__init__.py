@@ -1,0 +1,1 @@
+"""Evaluation: metrics that compare generated objects with ground truth, and reports."""

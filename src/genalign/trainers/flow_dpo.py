@@ -1,0 +1,737 @@
+"""Flow-matching DPO: train a LoRA/DoRA adapter on the part DiT from preference pairs.
+
+Diffusion-DPO (Wallace et al. 2023, "Diffusion Model Alignment Using Direct Preference
+Optimization", eq. 14) carried over to the flow-matching parameterisation the part DiT
+uses (x_t = (1 - t) x0 + t eps, target u = x0 - eps). For a pair (x0_w, x0_l) with
+condition c, ONE timestep t and ONE noise eps are drawn and shared by the chosen and the
+rejected sample and by every part of the object, so the two errors differ only through
+the samples themselves:
+
+    err_theta(x0) = mean over real parts of || u_theta(x_t, t, c) - (x0 - eps) ||^2
+    err_ref(x0)   = the same with the adapter disabled (the frozen base model)
+
+and the loss named by `cfg.loss` (genalign.losses) turns the four errors into a DPO
+loss. The reference is the policy with its adapter switched off
+(`PeftModel.disable_adapter()`), so there is one copy of the weights in memory. With
+`precompute_reference` the reference errors are computed once per pair, before
+training, at `reference_draws` seeded (t, eps) draws; epoch e then trains on draw
+e mod reference_draws and runs no reference forward except to measure drift.
+
+Determinism: pair order is a seeded permutation per epoch and each pair's (t, eps) is a
+function of (seed, pair index, draw), so a step's data depends only on the step number.
+A checkpoint (adapter tensors, optimizer tensors, step, RNG state; safetensors and JSON)
+is therefore enough to resume to the same final adapter.
+
+Layout written under `out_dir`:
+
+    checkpoints/step_00000050/   adapter.safetensors, optimizer.safetensors,
+                                 optimizer.json, rng.safetensors, trainer_state.json
+    adapter_config.json, adapter_model.safetensors   peft adapter (PeftModel.from_pretrained)
+    genalign.json                {base_model, base_model_sha256, method, loss,
+                                  adapter_type, metrics, config}
+
+Use: `train_flow_dpo(cfg, base_model_dir=..., pairs=load_pair_tensors(rows, MAX_PARTS),
+out_dir=..., tracker=NullTracker())`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from genalign.config.flow_dpo import RESUMABLE_FIELDS, FlowDPOConfig
+from genalign.losses import PREFERENCE_LOSS_EXTRA_INPUTS, get_preference_loss
+from genalign.losses.diffusion_dpo import masked_mse
+from genalign.losses.timesteps import flow_interpolate, flow_target, sample_timesteps
+from genalign.models.part_dit import CONFIG_NAME, WEIGHTS_NAME, PartDiT
+from genalign.storage import ArtifactError, atomic_dir, atomic_write_json, sha256_file
+from genalign.tracking import Tracker
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+logger = logging.getLogger(__name__)
+
+METHOD = "flow_dpo"
+GENALIGN_JSON = "genalign.json"
+CHECKPOINTS = "checkpoints"
+# The files of a PartDiT directory that define the base model (PartDiT.save_pretrained).
+BASE_MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME)
+# Extra loss inputs (genalign.losses.PREFERENCE_LOSS_EXTRA_INPUTS) this trainer can build
+# from a micro-batch: they need the live reference prediction.
+SUPPORTED_EXTRA_INPUTS = ("chosen_policy_ref_mse",)
+_CHECKPOINT_RE = re.compile(r"^step_(\d{8})$")
+
+
+# --------------------------------------------------------------------------------------
+# Pair data
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairTensors:
+    """Preference pairs as tensors, parts padded to a common P with `part_mask`.
+
+    Chosen and rejected share their condition, hence their part count and mask.
+    """
+
+    x0_chosen: torch.Tensor  # [N, P, T, D]
+    x0_rejected: torch.Tensor  # [N, P, T, D]
+    cond: torch.Tensor  # [N, Nc, C]
+    part_mask: torch.Tensor  # [N, P] bool, True = real part
+
+    def __post_init__(self) -> None:
+        n = self.x0_chosen.shape[0]
+        if self.x0_chosen.dim() != 4:
+            raise ValueError(f"x0_chosen must be [N, P, T, D], got {tuple(self.x0_chosen.shape)}")
+        if self.x0_rejected.shape != self.x0_chosen.shape:
+            raise ValueError(
+                f"x0_rejected {tuple(self.x0_rejected.shape)} must match "
+                f"x0_chosen {tuple(self.x0_chosen.shape)}"
+            )
+        if self.cond.dim() != 3 or self.cond.shape[0] != n:
+            raise ValueError(f"cond must be [{n}, Nc, C], got {tuple(self.cond.shape)}")
+        if self.part_mask.dtype != torch.bool or self.part_mask.shape != self.x0_chosen.shape[:2]:
+            raise ValueError(
+                f"part_mask must be bool {tuple(self.x0_chosen.shape[:2])}, got "
+                f"{self.part_mask.dtype} {tuple(self.part_mask.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return self.x0_chosen.shape[0]
+
+    def to(self, device: torch.device) -> PairTensors:
+        return PairTensors(
+            self.x0_chosen.to(device),
+            self.x0_rejected.to(device),
+            self.cond.to(device),
+            self.part_mask.to(device),
+        )
+
+    def select(self, index: torch.Tensor) -> PairTensors:
+        return PairTensors(
+            self.x0_chosen[index], self.x0_rejected[index], self.cond[index], self.part_mask[index]
+        )
+
+
+PAIR_FILE_KEYS = ("chosen_latent", "rejected_latent", "cond")
+
+
+def load_pair_tensors(pairs: Sequence[Mapping[str, str | Path]], max_parts: int) -> PairTensors:
+    """Read pairs from safetensors files into padded tensors.
+
+    Each item names three files: `chosen_latent` and `rejected_latent` (key `latent`
+    [P, T, D], unpadded) and `cond` (keys `features` [Nc, C] and `num_parts`).
+    """
+    from safetensors.torch import load_file
+
+    if not pairs:
+        raise ValueError("load_pair_tensors: no pairs given")
+    chosen, rejected, conds, masks = [], [], [], []
+    for i, item in enumerate(pairs):
+        missing = [k for k in PAIR_FILE_KEYS if k not in item]
+        if missing:
+            raise ValueError(
+                f"pair {i}: missing key(s) {missing}; each pair needs {list(PAIR_FILE_KEYS)}"
+            )
+        cond_file = load_file(str(item["cond"]))
+        if "features" not in cond_file or "num_parts" not in cond_file:
+            raise ArtifactError(f"{item['cond']}: needs tensors 'features' and 'num_parts'")
+        num_parts = int(cond_file["num_parts"])
+        if not 1 <= num_parts <= max_parts:
+            raise ArtifactError(f"{item['cond']}: num_parts={num_parts} not in [1, {max_parts}]")
+        padded = []
+        for key in ("chosen_latent", "rejected_latent"):
+            path = item[key]
+            tensors = load_file(str(path))
+            if "latent" not in tensors:
+                raise ArtifactError(f"{path}: no tensor 'latent' (has {sorted(tensors)})")
+            latent = tensors["latent"].float()  # [P, T, D]
+            if latent.dim() != 3 or latent.shape[0] != num_parts:
+                raise ArtifactError(
+                    f"{path}: latent shape {list(latent.shape)}, expected [{num_parts}, T, D] "
+                    f"(num_parts from {item['cond']})"
+                )
+            out = latent.new_zeros((max_parts, *latent.shape[1:]))
+            out[:num_parts] = latent
+            padded.append(out)
+        if i > 0 and padded[0].shape != chosen[0].shape:
+            raise ArtifactError(
+                f"{item['chosen_latent']}: token shape {tuple(padded[0].shape[1:])} differs from "
+                f"pair 0's {tuple(chosen[0].shape[1:])}"
+            )
+        features = cond_file["features"].float()  # [Nc, C]
+        if i > 0 and features.shape != conds[0].shape:
+            raise ArtifactError(
+                f"{item['cond']}: features shape {tuple(features.shape)} differs from "
+                f"pair 0's {tuple(conds[0].shape)}"
+            )
+        chosen.append(padded[0])
+        rejected.append(padded[1])
+        conds.append(features)
+        mask = torch.zeros(max_parts, dtype=torch.bool)
+        mask[:num_parts] = True
+        masks.append(mask)
+    return PairTensors(
+        torch.stack(chosen), torch.stack(rejected), torch.stack(conds), torch.stack(masks)
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Base model identity
+# --------------------------------------------------------------------------------------
+
+
+def base_model_sha256(base_model_dir: Path) -> str:
+    """Identity of a PartDiT directory: sha256 over its config and weight file hashes."""
+    base_model_dir = Path(base_model_dir)
+    h = hashlib.sha256()
+    for name in BASE_MODEL_FILES:
+        path = base_model_dir / name
+        if not path.is_file():
+            raise ArtifactError(f"{base_model_dir}: not a PartDiT directory (no {name})")
+        h.update(f"{name}:{sha256_file(path)}\n".encode())
+    return h.hexdigest()
+
+
+def check_adapter_base(adapter_dir: Path, base_model_dir: Path) -> None:
+    """Raise ArtifactError unless the adapter was trained on this base model."""
+    adapter_dir, base_model_dir = Path(adapter_dir), Path(base_model_dir)
+    meta_path = adapter_dir / GENALIGN_JSON
+    if not meta_path.is_file():
+        raise ArtifactError(f"{adapter_dir}: not a genalign adapter (no {GENALIGN_JSON})")
+    meta = json.loads(meta_path.read_text())
+    if "base_model_sha256" not in meta:
+        raise ArtifactError(f"{meta_path}: no base_model_sha256 recorded")
+    expected = meta["base_model_sha256"]
+    actual = base_model_sha256(base_model_dir)
+    if expected != actual:
+        raise ArtifactError(
+            f"adapter {adapter_dir} was trained on base model {meta.get('base_model')!r} "
+            f"(sha256 {expected[:16]}...), but base model {base_model_dir} has sha256 "
+            f"{actual[:16]}..."
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Model pieces shared with the benchmark
+# --------------------------------------------------------------------------------------
+
+
+def add_adapter(model: torch.nn.Module, cfg: FlowDPOConfig) -> PeftModel:
+    """Freeze `model` and wrap it with a LoRA or DoRA adapter on `cfg.target_modules`."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        use_dora=cfg.adapter == "dora",
+        bias="none",
+    )
+    return get_peft_model(model, lora)
+
+
+def flow_errors(
+    model: torch.nn.Module,
+    x0: torch.Tensor,  # [B, P, T, D]
+    noise: torch.Tensor,  # [B, P, T, D]
+    t: torch.Tensor,  # [B]
+    cond: torch.Tensor,  # [B, Nc, C]
+    part_mask: torch.Tensor,  # [B, P]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample flow-matching error over real parts ([B]) and the prediction u."""
+    x_t = flow_interpolate(x0, noise, t)
+    u = model(x_t, t, cond, part_mask)  # [B, P, T, D]
+    return masked_mse(u.float(), flow_target(x0, noise), part_mask), u
+
+
+def _mix_seed(*parts: int | str) -> int:
+    """A 63-bit seed from several integers, so draws are a pure function of their index."""
+    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def draw_timesteps_and_noise(
+    cfg: FlowDPOConfig, pair_index: torch.Tensor, draw: int, shape: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One t and one noise tensor per pair, a function of (seed, pair index, draw).
+
+    Returns t [B] and noise [B, *shape] on the CPU; `shape` is one object's [P, T, D].
+    """
+    ts, noises = [], []
+    for i in pair_index.tolist():
+        g = torch.Generator().manual_seed(_mix_seed(cfg.seed, "draw", i, draw))
+        ts.append(
+            sample_timesteps(
+                1,
+                cfg.timestep_scheme,
+                generator=g,
+                logit_mean=cfg.logit_mean,
+                logit_std=cfg.logit_std,
+            )
+        )
+        noises.append(torch.randn(shape, generator=g))
+    return torch.cat(ts).float(), torch.stack(noises)
+
+
+def duplicate_for_pair(
+    batch: PairTensors, t: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
+    """Chosen then rejected in one batch of 2B sharing t, noise, cond and mask."""
+    x0 = torch.cat([batch.x0_chosen, batch.x0_rejected])  # [2B, P, T, D]
+    return (
+        x0,
+        torch.cat([noise, noise]),
+        torch.cat([t, t]),
+        torch.cat([batch.cond, batch.cond]),
+        torch.cat([batch.part_mask, batch.part_mask]),
+    )
+
+
+@contextlib.contextmanager
+def reference_mode(model: PeftModel) -> Iterator[None]:
+    """The frozen base model: adapter off, eval mode, no autograd graph."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), model.disable_adapter():
+            yield
+    finally:
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints: safetensors + JSON only
+# --------------------------------------------------------------------------------------
+
+
+def _optimizer_to_files(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for index, param_state in state["state"].items():
+        for key, value in param_state.items():
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"optimizer state {index}.{key} is a {type(value).__name__}, not a tensor"
+                )
+            tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
+    groups = [
+        {k: list(v) if isinstance(v, tuple) else v for k, v in group.items()}
+        for group in state["param_groups"]
+    ]
+    return tensors, {"param_groups": groups}
+
+
+def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split(".", 2)
+        state.setdefault(int(index), {})[key] = value
+    groups = [
+        {k: tuple(v) if k == "betas" else v for k, v in group.items()}
+        for group in meta["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The checkpoint with the highest step; atomic_dir makes every visible one complete."""
+    root = Path(out_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return None
+    found = sorted(
+        p
+        for p in root.iterdir()
+        if _CHECKPOINT_RE.match(p.name) and (p / "trainer_state.json").is_file()
+    )
+    return found[-1] if found else None
+
+
+def _comparable_config(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    plain = json.loads(json.dumps(cfg_dict))
+    return {k: v for k, v in plain.items() if k not in RESUMABLE_FIELDS}
+
+
+# --------------------------------------------------------------------------------------
+# The recipe
+# --------------------------------------------------------------------------------------
+
+
+class FlowDPOTrainer:
+    """setup() -> train() -> save() -> cleanup(), run by `train_flow_dpo`."""
+
+    def __init__(
+        self,
+        cfg: FlowDPOConfig,
+        *,
+        base_model_dir: Path,
+        pairs: PairTensors,
+        out_dir: Path,
+        tracker: Tracker,
+        resume: bool = True,
+        base_model_ref: str | None = None,
+    ) -> None:
+        if len(pairs) == 0:
+            raise ValueError("train_flow_dpo: the pair set is empty; nothing to train on")
+        self.cfg = cfg
+        self.base_model_dir = Path(base_model_dir)
+        self.base_model_ref = base_model_ref or str(base_model_dir)
+        self.out_dir = Path(out_dir)
+        self.tracker = tracker
+        self.resume = resume
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.pairs = pairs.to(self.device)
+        self.micro_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
+        self.total_steps = cfg.max_steps or math.ceil(
+            cfg.epochs * self.micro_per_epoch / cfg.grad_accum
+        )
+        self.step = 0
+        self.seconds = 0.0
+        self.last_metrics: dict[str, float] = {}
+        self._perm_epoch = -1
+        self._perm = torch.empty(0, dtype=torch.long)
+
+    # --- setup ------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.loss_fn = get_preference_loss(cfg.loss)
+        self.extra_inputs = PREFERENCE_LOSS_EXTRA_INPUTS[cfg.loss]
+        unsupported = [k for k in self.extra_inputs if k not in SUPPORTED_EXTRA_INPUTS]
+        if unsupported:
+            raise ValueError(
+                f"loss {cfg.loss!r} needs input(s) {unsupported} this trainer cannot build"
+            )
+        if self.extra_inputs and cfg.precompute_reference:
+            raise ValueError(
+                f"loss {cfg.loss!r} needs the reference prediction at every step "
+                f"({list(self.extra_inputs)}); set precompute_reference=false"
+            )
+        self.base_sha256 = base_model_sha256(self.base_model_dir)
+        self.use_bf16 = cfg.bf16 and self.device.type == "cuda"
+        if cfg.bf16 and not self.use_bf16:
+            logger.info(
+                "bf16 autocast requested but the device is %s; running in float32", self.device
+            )
+
+        base = PartDiT.from_pretrained(self.base_model_dir)
+        torch.manual_seed(cfg.seed)  # the adapter's init (lora_A is kaiming-uniform)
+        self.model = add_adapter(base, cfg).to(self.device)
+        self.model.train()
+        self.trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.optimizer = torch.optim.AdamW(
+            list(self.trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+
+        ckpt_root = self.out_dir / CHECKPOINTS
+        if not self.resume and ckpt_root.exists():
+            shutil.rmtree(ckpt_root)
+        latest = latest_checkpoint(self.out_dir) if self.resume else None
+        if latest is not None:
+            self._load_checkpoint(latest)
+            logger.info("resumed from %s at step %d", latest, self.step)
+
+        self.ref_errors: torch.Tensor | None = None
+        if cfg.precompute_reference and self.step < self.total_steps:
+            self.ref_errors = self._precompute_reference()
+        self.tracker.log_metrics(
+            {"train/trainable_params": float(sum(p.numel() for p in self.trainable.values()))},
+            step=self.step,
+        )
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.use_bf16:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _precompute_reference(self) -> torch.Tensor:
+        """Reference errors [N, R, 2] (chosen, rejected) at draws r = 0..R-1 of every pair."""
+        from tqdm.auto import tqdm
+
+        cfg, n = self.cfg, len(self.pairs)
+        out = torch.empty(n, cfg.reference_draws, 2, device=self.device)
+        shape = tuple(self.pairs.x0_chosen.shape[1:])
+        chunks = [(s, r) for r in range(cfg.reference_draws) for s in range(0, n, cfg.batch_size)]
+        with reference_mode(self.model):
+            for start, r in tqdm(chunks, desc="reference errors", disable=None):
+                index = torch.arange(start, min(start + cfg.batch_size, n))
+                t, noise = draw_timesteps_and_noise(cfg, index, r, shape)
+                batch = self.pairs.select(index.to(self.device))
+                with self._autocast():
+                    err, _ = flow_errors(
+                        self.model,
+                        *duplicate_for_pair(batch, t.to(self.device), noise.to(self.device)),
+                    )
+                out[index, r] = torch.stack(err.chunk(2), dim=-1)
+        return out
+
+    # --- data order -------------------------------------------------------------------
+
+    def _micro_batch(self, k: int) -> tuple[torch.Tensor, int]:
+        """Pair indices of global micro-batch k and its epoch (pure function of k)."""
+        epoch, j = divmod(k, self.micro_per_epoch)
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(_mix_seed(self.cfg.seed, "order", epoch))
+            self._perm = torch.randperm(len(self.pairs), generator=g)
+            self._perm_epoch = epoch
+        bs = self.cfg.batch_size
+        return self._perm[j * bs : (j + 1) * bs], epoch
+
+    # --- train ------------------------------------------------------------------------
+
+    def _micro_step(
+        self, index: torch.Tensor, epoch: int, weight: float, measure_drift: bool
+    ) -> dict[str, float]:
+        """Forward and backward of one micro-batch of pairs; its loss is scaled by `weight`
+        (its share of the step's pairs). Returns its statistics, already weighted."""
+        cfg = self.cfg
+        draw = epoch % cfg.reference_draws if self.ref_errors is not None else epoch
+        t, noise = draw_timesteps_and_noise(cfg, index, draw, tuple(self.pairs.x0_chosen.shape[1:]))
+        on_device = index.to(self.device)
+        batch = self.pairs.select(on_device)
+        inputs = duplicate_for_pair(batch, t.to(self.device), noise.to(self.device))
+        with self._autocast():
+            err, u = flow_errors(self.model, *inputs)
+        policy_chosen, policy_rejected = err.chunk(2)  # [B] each
+
+        u_ref = None
+        if self.ref_errors is None:
+            with reference_mode(self.model), self._autocast():
+                ref_err, u_ref = flow_errors(self.model, *inputs)
+            ref_chosen, ref_rejected = ref_err.chunk(2)
+        else:
+            ref_chosen, ref_rejected = self.ref_errors[on_device, draw].unbind(-1)
+            if measure_drift:
+                with reference_mode(self.model), self._autocast():
+                    _, u_ref = flow_errors(self.model, *inputs)
+
+        extra = {}
+        if "chosen_policy_ref_mse" in self.extra_inputs:
+            b = len(index)
+            extra["chosen_policy_ref_mse"] = masked_mse(u[:b], u_ref[:b], batch.part_mask)
+        out = self.loss_fn(
+            policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=cfg.beta, **extra
+        )
+        loss = out.loss
+        if cfg.sft_weight > 0:
+            loss = loss + cfg.sft_weight * policy_chosen.mean()
+        (loss * weight).backward()
+
+        stats = {
+            "loss": loss.item(),
+            "implicit_accuracy": out.accuracy.item(),
+            "reward_margin": out.reward_margin.item(),
+            "chosen_reward": out.chosen_reward.mean().item(),
+            "rejected_reward": out.rejected_reward.mean().item(),
+        }
+        if measure_drift:
+            # Mean squared gap between adapter-on and adapter-off predictions; free with a
+            # live reference, one extra no-grad forward with a precomputed one.
+            stats["drift"] = masked_mse(u.detach().float(), u_ref.float(), inputs[4]).mean().item()
+        return {k: weight * v for k, v in stats.items()}
+
+    def train(self) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        start_time = time.perf_counter()
+        start_seconds = self.seconds
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="flow-dpo", disable=None)
+        while self.step < self.total_steps:
+            step_no = self.step + 1
+            measure_drift = step_no % cfg.log_every == 0 or step_no == self.total_steps
+            micro = [
+                self._micro_batch(self.step * cfg.grad_accum + a) for a in range(cfg.grad_accum)
+            ]
+            n_step = sum(len(index) for index, _ in micro)
+
+            self.optimizer.zero_grad(set_to_none=True)
+            sums: dict[str, float] = {}
+            for index, epoch in micro:
+                stats = self._micro_step(index, epoch, len(index) / n_step, measure_drift)
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+            if not math.isfinite(sums["loss"]):
+                raise FloatingPointError(
+                    f"flow-dpo loss is {sums['loss']} at step {step_no}; lower lr or beta"
+                )
+            max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), max_norm)
+            self.optimizer.step()
+            self.step = step_no
+
+            self.last_metrics = {**sums, "grad_norm": float(grad_norm)}
+            self.tracker.log_metrics(
+                {f"train/{k}": v for k, v in self.last_metrics.items()}, step=self.step
+            )
+            bar.update(1)
+            if measure_drift:
+                bar.set_postfix(loss=f"{sums['loss']:.4f}", acc=f"{sums['implicit_accuracy']:.2f}")
+            self.seconds = start_seconds + time.perf_counter() - start_time
+            if cfg.checkpoint_every and (
+                self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps
+            ):
+                self._save_checkpoint()
+        bar.close()
+        return self.metrics()
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            **self.last_metrics,
+            "steps": float(self.step),
+            "pairs": float(len(self.pairs)),
+            "seconds": self.seconds,
+        }
+
+    # --- checkpoints ------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> None:
+        from safetensors.torch import save_file
+
+        root = self.out_dir / CHECKPOINTS
+        with atomic_dir(root / f"step_{self.step:08d}") as tmp:
+            save_file(
+                {n: p.detach().cpu().contiguous() for n, p in self.trainable.items()},
+                str(tmp / "adapter.safetensors"),
+            )
+            opt_tensors, opt_meta = _optimizer_to_files(self.optimizer)
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+            atomic_write_json(tmp / "optimizer.json", opt_meta)
+            rng = {"cpu": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+            save_file(rng, str(tmp / "rng.safetensors"))
+            atomic_write_json(
+                tmp / "trainer_state.json",
+                {
+                    "step": self.step,
+                    "seconds": self.seconds,
+                    "metrics": self.last_metrics,
+                    "base_model_sha256": self.base_sha256,
+                    "config": self.cfg.to_dict(),
+                },
+            )
+        kept = sorted(p for p in root.iterdir() if _CHECKPOINT_RE.match(p.name))
+        for old in kept[: -self.cfg.keep_checkpoints]:
+            shutil.rmtree(old)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = json.loads((path / "trainer_state.json").read_text())
+        if state["base_model_sha256"] != self.base_sha256:
+            raise ArtifactError(
+                f"{path}: checkpoint was trained on another base model than {self.base_model_dir}; "
+                "pass resume=False or a fresh out_dir"
+            )
+        saved, current = _comparable_config(state["config"]), _comparable_config(self.cfg.to_dict())
+        changed = sorted(k for k in current if saved.get(k) != current[k])
+        if changed:
+            raise ValueError(
+                f"{path}: cannot resume, config field(s) {changed} differ from the checkpoint's "
+                f"(only {list(RESUMABLE_FIELDS)} may change); pass resume=False or a fresh out_dir"
+            )
+        adapter = load_file(str(path / "adapter.safetensors"))
+        if set(adapter) != set(self.trainable):
+            raise ArtifactError(
+                f"{path}/adapter.safetensors: parameter names do not match the adapter"
+            )
+        with torch.no_grad():
+            for name, param in self.trainable.items():
+                param.copy_(adapter[name])
+        self.optimizer.load_state_dict(
+            _optimizer_from_files(
+                load_file(str(path / "optimizer.safetensors")),
+                json.loads((path / "optimizer.json").read_text()),
+            )
+        )
+        rng = load_file(str(path / "rng.safetensors"))
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(rng["cuda"]))
+        self.step = state["step"]
+        self.seconds = state["seconds"]
+        self.last_metrics = state["metrics"]
+
+    # --- save / cleanup ---------------------------------------------------------------
+
+    def save(self, metrics: dict[str, float]) -> None:
+        """Write the peft adapter into out_dir, then genalign.json last (marks it complete)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.out_dir, prefix=".adapter.", suffix=".tmp"))
+        try:
+            self.model.save_pretrained(str(tmp))
+            for f in tmp.iterdir():
+                os.replace(f, self.out_dir / f.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        atomic_write_json(
+            self.out_dir / GENALIGN_JSON,
+            {
+                "base_model": self.base_model_ref,
+                "base_model_sha256": self.base_sha256,
+                "method": METHOD,
+                "loss": self.cfg.loss,
+                "adapter_type": self.cfg.adapter,
+                "metrics": metrics,
+                "config": self.cfg.to_dict(),
+            },
+        )
+
+    def cleanup(self) -> None:
+        del self.model, self.optimizer
+        self.ref_errors = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def train_flow_dpo(
+    cfg: FlowDPOConfig,
+    *,
+    base_model_dir: Path,
+    pairs: PairTensors,
+    out_dir: Path,
+    tracker: Tracker,
+    resume: bool = True,
+    base_model_ref: str | None = None,
+) -> dict[str, float]:
+    """Train a flow-DPO adapter on `pairs` over the PartDiT in `base_model_dir`.
+
+    Writes the peft adapter and `genalign.json` into `out_dir` (checkpoints under
+    `out_dir/checkpoints`, so `out_dir` must outlive a crash for `resume` to help) and
+    returns {loss, implicit_accuracy, reward_margin, chosen_reward, rejected_reward,
+    grad_norm, drift, steps, pairs, seconds} of the last step. `base_model_ref` is the
+    reference recorded in genalign.json (default: the directory).
+    """
+    trainer = FlowDPOTrainer(
+        cfg,
+        base_model_dir=base_model_dir,
+        pairs=pairs,
+        out_dir=out_dir,
+        tracker=tracker,
+        resume=resume,
+        base_model_ref=base_model_ref,
+    )
+    trainer.setup()
+    metrics = trainer.train()
+    trainer.save(metrics)
+    trainer.cleanup()
+    return metrics
