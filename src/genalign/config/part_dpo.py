@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from genalign.config.base import Config, field
+from genalign.config.part_dit import FlowMatchingConfig
 
 
 @dataclass(frozen=True)
@@ -11,13 +12,10 @@ class PretrainPartsConfig(Config):
     """Flow-matching pretraining of the tiny generator inside `prepare` (tiny presets)."""
 
     objects: int = field(2000, help="procedural objects in the pretraining set (disjoint seed from the conditions)")
-    steps: int = field(1500, help="optimizer steps")
-    batch_size: int = field(64, help="objects per step")
-    lr: float = field(1e-3, help="AdamW learning rate (small DiT from scratch)")
     hidden: int = field(64, help="DiT width")
     depth: int = field(4, help="DiT blocks, alternating within-part and across-part attention")
     heads: int = field(4, help="attention heads")
-    seed: int = field(0, help="seed of data order, init and timesteps")
+    training: FlowMatchingConfig = field(default_factory=FlowMatchingConfig, help="the flow-matching recipe")
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ def _pretrain(cfg: PreparePartsConfig, out: Path, tracker: Tracker) -> dict[str,
     import numpy as np
     import torch
 
-    from genalign.config.part_dit import FlowMatchingConfig, PartDiTConfig
+    from genalign.config.part_dit import PartDiTConfig
     from genalign.data.parts import make_objects
     from genalign.models.part_codec import MAX_PARTS, PART_TOKENS, TOKEN_DIM, encode_object
     from genalign.models.vision import VisionEncoder, build_tiny_vision
@@ -103,7 +103,7 @@ def _pretrain(cfg: PreparePartsConfig, out: Path, tracker: Tracker) -> dict[str,
 
     p = cfg.pretrain
     objects = make_objects(p.objects, seed=cfg.seed + PRETRAIN_SEED_OFFSET)
-    build_tiny_vision(out / "vision", seed=p.seed, image_size=cfg.image_size)
+    build_tiny_vision(out / "vision", seed=p.training.seed, image_size=cfg.image_size)
     vision = VisionEncoder.from_pretrained(out / "vision")
     latents = torch.zeros(len(objects), MAX_PARTS, PART_TOKENS, TOKEN_DIM)
     mask = torch.zeros(len(objects), MAX_PARTS, dtype=torch.bool)
@@ -118,7 +118,6 @@ def _pretrain(cfg: PreparePartsConfig, out: Path, tracker: Tracker) -> dict[str,
         token_dim=TOKEN_DIM, tokens_per_part=PART_TOKENS, max_parts=MAX_PARTS,
         hidden=p.hidden, depth=p.depth, heads=p.heads, cond_dim=cond.shape[-1],
     )
-    fm_cfg = FlowMatchingConfig(steps=p.steps, batch_size=p.batch_size, lr=p.lr, seed=p.seed)
-    metrics = pretrain(fm_cfg, model_cfg, latents, mask, cond, out / "dit", tracker)
+    metrics = pretrain(p.training, model_cfg, latents, mask, cond, out / "dit", tracker)
     atomic_write_json(out / "genalign.json", {"kind": "part-generator", "dit": "dit", "vision": "vision"})
     return {f"pretrain/{k}" if "/" not in k else k: float(v) for k, v in metrics.items()}
