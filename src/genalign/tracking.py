@@ -97,7 +97,7 @@ def _experiment_id(client, name: str) -> str:
         return exp.experiment_id
     location = None
     uri = tracking_uri()
-    if uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
+    if uri.startswith("sqlite:///"):  # a local store: artifacts beside the database file
         location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
