@@ -101,6 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     uri = tracking_uri()
     os.environ["MLFLOW_TRACKING_URI"] = uri  # every task of the local run logs to the same store
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # kfp.local runs the shards of a ParallelFor side by side; one thread each avoids
+    # oversubscribing the cores (set OMP_NUM_THREADS to change it)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     root = Path(args.pipeline_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
 

@@ -16,10 +16,13 @@ def test_from_dict_rejects_unknown_key_and_lists_valid_ones():
 def test_from_dict_checks_types_and_nested():
     with pytest.raises(ConfigError, match=r"rollout.steps: expected an integer"):
         RolloutPartsConfig.from_dict({"steps": "20"}, where="rollout")
-    cfg = PreparePartsConfig.from_dict({"pretrain": {"steps": 7}})
-    assert cfg.pretrain.steps == 7
-    with pytest.raises(ConfigError, match=r"pretrain: unknown key"):
-        PreparePartsConfig.from_dict({"pretrain": {"stepz": 7}})
+    cfg = PreparePartsConfig.from_dict({"pretrain": {"training": {"steps": 700}}})
+    assert cfg.pretrain.training.steps == 700
+    with pytest.raises(ConfigError, match=r"pretrain.training: unknown key"):
+        PreparePartsConfig.from_dict({"pretrain": {"training": {"stepz": 7}}})
+    assert RolloutPartsConfig.from_dict({"steps": 20.0}).steps == 20  # KFP Struct numbers are doubles
+    with pytest.raises(ConfigError, match="expected an integer"):
+        RolloutPartsConfig.from_dict({"steps": 20.5})
 
 
 def test_post_init_checks_are_config_errors():

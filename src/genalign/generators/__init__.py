@@ -1,0 +1,1 @@
+"""Generators: sample candidates from a policy (part latents from the part DiT, ...)."""

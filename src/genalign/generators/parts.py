@@ -1,0 +1,194 @@
+"""Part generator: the part DiT (optionally with a peft adapter) plus its frozen image
+encoder, sampled with Euler steps of the flow ODE and classifier-free guidance.
+
+A generator directory holds
+
+    genalign.json   {"kind": "part-generator", "dit": "dit", "vision": "vision"}
+    dit/            PartDiT.save_pretrained
+    vision/         a Dinov2Model + preprocessor_config.json (genalign.models.vision)
+
+`generator_from_ref` opens such a directory, or a PartCrafter checkpoint (see
+`genalign.generators.partcrafter`), behind one interface: `encode_images`, `sample`,
+`decode`.
+
+Sampling (PartCrafter's convention, t = 1 is noise): x_t = (1 - t) x0 + t eps, the DiT
+predicts u = x0 - eps, and an Euler step from t to t - dt is x_{t-dt} = x_t + dt * u.
+With guidance g, u = u(zeros) + g * (u(cond) - u(zeros)), both halves in one batch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from genalign.config.part_dit import PartDiTConfig
+from genalign.models.part_dit import PartDiT
+from genalign.models.vision import VisionEncoder, build_tiny_vision
+from genalign.storage import ArtifactError, atomic_write_json
+
+if TYPE_CHECKING:
+    import trimesh
+
+META_NAME = "genalign.json"
+KIND = "part-generator"
+
+
+def build_tiny_generator(out: Path, seed: int = 0, *, image_size: int = 32) -> Path:
+    """Write a random-init generator directory (tiny DINOv2 + default PartDiTConfig)."""
+    out = Path(out)
+    build_tiny_vision(out / "vision", seed=seed, image_size=image_size)
+    cond_dim = VisionEncoder.from_pretrained(out / "vision").hidden_size
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        dit = PartDiT(PartDiTConfig(cond_dim=cond_dim))
+    dit.save_pretrained(out / "dit")
+    atomic_write_json(out / META_NAME, {"kind": KIND, "dit": "dit", "vision": "vision"})
+    return out
+
+
+def read_meta(model_dir: Path) -> dict:
+    path = Path(model_dir) / META_NAME
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; not a generator directory")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}: invalid JSON ({e})") from e
+
+
+class PartGenerator:
+    """Samples part latents `[P, T, D]` from image features with a (possibly adapted) PartDiT."""
+
+    def __init__(
+        self, dit: torch.nn.Module, vision: VisionEncoder, *, device: torch.device | str = "cpu"
+    ) -> None:
+        self.dit = dit.to(device).eval()
+        self.vision = vision
+        self.device = torch.device(device)
+        # A PeftModel forwards attribute reads to the PartDiT it wraps.
+        self.dit_config: PartDiTConfig = dit.dit_config
+
+    @classmethod
+    def load(
+        cls, model_dir: Path, adapter_dir: Path | None = None, *, device: torch.device | str = "cpu"
+    ) -> PartGenerator:
+        """Open a generator directory; with `adapter_dir`, wrap the DiT in that peft adapter."""
+        model_dir = Path(model_dir)
+        meta = read_meta(model_dir)
+        if meta.get("kind") != KIND:
+            raise ArtifactError(
+                f"{model_dir / META_NAME}: kind is {meta.get('kind')!r}, expected {KIND!r}"
+            )
+        dit: torch.nn.Module = PartDiT.from_pretrained(model_dir / meta["dit"])
+        if adapter_dir is not None:
+            from peft import PeftModel
+
+            adapter_dir = Path(adapter_dir)
+            if not (adapter_dir / "adapter_config.json").is_file():
+                raise ArtifactError(
+                    f"{adapter_dir}: no adapter_config.json; not a peft adapter directory"
+                )
+            dit = PeftModel.from_pretrained(dit, adapter_dir)
+        vision = VisionEncoder.from_pretrained(model_dir / meta["vision"], device=device)
+        return cls(dit, vision, device=device)
+
+    def encode_images(self, images: list[np.ndarray]) -> Tensor:
+        """uint8 HxWx3 images -> conditioning tokens `[B, N, C]`."""
+        return self.vision.encode(images)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Tensor,
+        num_parts: list[int],
+        seeds: list[int],
+        *,
+        steps: int = 20,
+        guidance: float = 2.0,
+    ) -> list[Tensor]:
+        """Euler-integrate the flow from noise (t=1) to data (t=0): one `[P_i, T, D]` per row.
+
+        Sample i starts from noise drawn by a torch.Generator seeded with seeds[i], on the
+        CPU, so its result does not depend on the batch it is in or on the device.
+        """
+        cfg = self.dit_config
+        b = cond.shape[0]
+        if cond.ndim != 3 or cond.shape[2] != cfg.cond_dim:
+            raise ValueError(f"sample: cond must be [B, N, {cfg.cond_dim}], got {list(cond.shape)}")
+        if len(num_parts) != b or len(seeds) != b:
+            raise ValueError(
+                f"sample: {b} conditions but {len(num_parts)} num_parts and {len(seeds)} seeds"
+            )
+        bad = [n for n in num_parts if not 1 <= n <= cfg.max_parts]
+        if bad:
+            raise ValueError(f"sample: num_parts must be in [1, {cfg.max_parts}], got {bad}")
+        if steps < 1:
+            raise ValueError(f"sample: steps must be >= 1, got {steps}")
+        p = max(num_parts)
+        shape = (cfg.tokens_per_part, cfg.token_dim)
+        x = torch.zeros(b, p, *shape)
+        for i, (n, seed) in enumerate(zip(num_parts, seeds)):
+            x[i, :n] = torch.randn(n, *shape, generator=torch.Generator().manual_seed(int(seed)))
+        x = x.to(self.device)  # [B, P, T, D]
+        mask = (torch.arange(p)[None, :] < torch.tensor(num_parts)[:, None]).to(
+            self.device
+        )  # [B, P]
+        cond = cond.to(self.device, torch.float32)
+        guided = guidance != 1.0
+        if guided:
+            cond_in = torch.cat([torch.zeros_like(cond), cond])  # uncond first, as PartCrafter
+            mask_in = torch.cat([mask, mask])
+        else:
+            cond_in, mask_in = cond, mask
+        times = torch.linspace(1.0, 0.0, steps + 1)
+        for k in range(steps):
+            t, dt = times[k], times[k] - times[k + 1]
+            x_in = torch.cat([x, x]) if guided else x
+            u = self.dit(x_in, t.expand(x_in.shape[0]).to(self.device), cond_in, mask_in)
+            if guided:
+                u_uncond, u_cond = u.chunk(2)
+                u = u_uncond + guidance * (u_cond - u_uncond)
+            x = x + dt * u
+        x = x.cpu()
+        return [x[i, :n].clone() for i, n in enumerate(num_parts)]
+
+    def decode(self, latent: Tensor) -> list[trimesh.Trimesh]:
+        """One object's latent `[P, T, D]` -> its part meshes (genalign.models.part_codec)."""
+        from genalign.models.part_codec import decode_object
+
+        return decode_object(latent.detach().cpu().numpy())
+
+
+def generator_from_ref(model_dir: Path, adapter_dir: Path | None = None):
+    """The generator in `model_dir`, by the kind in its genalign.json.
+
+    Kinds: "part-generator" (this module) and "partcrafter" ({"kind": "partcrafter",
+    "ref": <model reference of a PartCrafter checkpoint>}). A directory without
+    genalign.json that holds a diffusers `model_index.json` of a PartCrafterPipeline
+    (a snapshot of wgsxm/PartCrafter) opens as PartCrafter too.
+    """
+    from genalign.generators.partcrafter import PartCrafterGenerator, is_partcrafter_checkpoint
+
+    model_dir = Path(model_dir)
+    if not (model_dir / META_NAME).is_file() and is_partcrafter_checkpoint(model_dir):
+        return PartCrafterGenerator.load(model_dir, adapter_dir)
+    meta = read_meta(model_dir)
+    kind = meta.get("kind")
+    if kind == KIND:
+        return PartGenerator.load(model_dir, adapter_dir)
+    if kind == "partcrafter":
+        from genalign.models.refs import resolve
+
+        if "ref" not in meta:
+            raise ArtifactError(
+                f"{model_dir / META_NAME}: kind 'partcrafter' needs a 'ref' to the checkpoint"
+            )
+        return PartCrafterGenerator.load(resolve(meta["ref"]), adapter_dir)
+    raise ArtifactError(
+        f"{model_dir / META_NAME}: unknown generator kind {kind!r}; valid kinds: [{KIND!r}, 'partcrafter']"
+    )

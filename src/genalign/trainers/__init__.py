@@ -1,0 +1,1 @@
+"""Trainers: one self-contained module per method (setup / train / save)."""
