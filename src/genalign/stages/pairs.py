@@ -1,8 +1,8 @@
 """pairs: win/loss pairs from one or more scored shards.
 
 The pairs artifact is self-contained for training: `pairs.jsonl`, the rows of the
-samples it names (`samples.jsonl`, with their scores) and their latent and conditioning
-files. Counts of everything dropped, and why, go to the manifest and the metrics. A
+samples it names (`samples.jsonl`, with their scores) and the files those rows name
+(latents, conditioning, meshes). Counts of everything dropped, and why, go to the manifest and the metrics. A
 shard that yields no pair is counted; no pair at all is an error, since there is
 nothing to train on.
 """
@@ -60,10 +60,9 @@ def run(cfg: PairsConfig, *, scored: list[Path], pairs: Path, tracker: Tracker) 
         for sid in dict.fromkeys(s for p in all_pairs for s in (p.chosen, p.rejected)):
             directory, row = source[sid]
             used.append(row)
-            for key in ("latent", "cond"):
-                dst = tmp / row.files[key]
-                if not dst.exists():
-                    link_or_copy(directory / row.files[key], dst)
+            for rel in row.files.values():
+                if not (tmp / rel).exists():
+                    link_or_copy(directory / rel, tmp / rel)
         write_jsonl(tmp / "pairs.jsonl", all_pairs)
         write_jsonl(tmp / "samples.jsonl", used)
         stats = summarize(MiningResult(pairs=all_pairs, counts=counts))
