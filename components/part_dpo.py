@@ -130,10 +130,14 @@ def evaluate_parts(
     adapter: Input[Model],
     conditions: Input[Artifact],
     report: Output[Artifact],
+    html: Output[dsl.HTML],
     summary: Output[dsl.Markdown],
     metrics: Output[Metrics],
 ):
-    """Base vs tuned on held-out conditions with the same seeds; report, plots, gate."""
+    """Base vs tuned on held-out conditions with the same seeds; report, plots, gate.
+
+    `html` (plots and gallery embedded) and `summary` (the before/after table) show in
+    the Kubeflow UI's visualization tab."""
     import shutil
 
     from genalign.stages import run_stage
@@ -144,7 +148,8 @@ def evaluate_parts(
         outputs={"report": report.path},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
     )
-    shutil.copyfile(result.summary["html"], summary.path)
+    shutil.copyfile(result.summary["html"], html.path)
+    shutil.copyfile(result.summary["markdown"], summary.path)
     for key, value in result.metrics.items():
         metrics.log_metric(key, value)
 

@@ -68,6 +68,13 @@ def mine_pairs(scored: list[ScoredSample], cfg: PairsConfig, *, iteration: int =
             raise ValueError(f"sample_id {s.sample_id!r} appears twice in the scored samples")
         seen.add(s.sample_id)
         groups.setdefault(s.cond_id, []).append(s)
+    if cfg.similar_key is not None:
+        for s in scored:
+            if s.valid and not isinstance(s.detail.get(cfg.similar_key), (int, float)):
+                raise ValueError(
+                    f"sample {s.sample_id!r}: detail has no number {cfg.similar_key!r} "
+                    f"(PairsConfig.similar_key); detail keys are {sorted(s.detail)}"
+                )
     if cfg.match_key is not None:
         for s in scored:
             if s.valid and not (isinstance(s.output, dict) and cfg.match_key in s.output):
@@ -82,6 +89,7 @@ def mine_pairs(scored: list[ScoredSample], cfg: PairsConfig, *, iteration: int =
         "invalid_samples": sum(not s.valid for s in scored),
         **{reason: 0 for reason in CONDITION_REASONS},
         **({f"mismatched_{cfg.match_key}": 0} if cfg.match_key is not None else {}),
+        **({f"dissimilar_{cfg.similar_key}": 0} if cfg.similar_key is not None else {}),
         "below_min_gap": 0,
         "capped": 0,
         "conditions_with_pairs": 0,
@@ -100,7 +108,18 @@ def mine_pairs(scored: list[ScoredSample], cfg: PairsConfig, *, iteration: int =
         if len({s.score for s in valid}) == 1:
             counts["ties"] += 1
             continue
-        if cfg.strategy == "best_vs_worst":
+        if cfg.strategy == "best_vs_worst" and cfg.similar_key is not None:
+            # the largest gap among the pairs that agree on similar_key
+            ranked = sorted(
+                ((a, b) for a in valid for b in valid if _badness(a, cfg) < _badness(b, cfg)),
+                key=lambda ab: (-abs(ab[0].score - ab[1].score), ab[0].sample_id, ab[1].sample_id),
+            )
+            similar = [ab for ab in ranked if _similar(*ab, cfg)]
+            if not similar:
+                counts[f"dissimilar_{cfg.similar_key}"] += 1
+                continue
+            candidates = similar[:1]
+        elif cfg.strategy == "best_vs_worst":
             candidates = [_best_vs_worst(valid, cfg)]
         else:
             winners = [s for s in valid if _is_good(s, cfg)]
@@ -115,6 +134,10 @@ def mine_pairs(scored: list[ScoredSample], cfg: PairsConfig, *, iteration: int =
             winners.sort(key=lambda s: (_badness(s, cfg), s.sample_id))
             losers.sort(key=lambda s: (-_badness(s, cfg), s.sample_id))
             candidates = list(itertools.product(winners, losers))
+            if cfg.similar_key is not None:
+                similar = [ab for ab in candidates if _similar(*ab, cfg)]
+                counts[f"dissimilar_{cfg.similar_key}"] += len(candidates) - len(similar)
+                candidates = similar
 
         kept = []
         for chosen, rejected in candidates:
@@ -169,6 +192,12 @@ def _best_vs_worst(
     best = min(valid, key=lambda s: (_badness(s, cfg), s.sample_id))
     worst = min(valid, key=lambda s: (-_badness(s, cfg), s.sample_id))
     return best, worst
+
+
+def _similar(a: ScoredSample, b: ScoredSample, cfg: PairsConfig) -> bool:
+    x, y = a.detail[cfg.similar_key], b.detail[cfg.similar_key]
+    scale = max(abs(x), abs(y))
+    return scale == 0 or abs(x - y) / scale <= cfg.similar_tolerance
 
 
 def _is_good(s: ScoredSample, cfg: PairsConfig) -> bool:

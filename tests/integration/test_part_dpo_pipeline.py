@@ -71,8 +71,8 @@ def test_pipeline_and_direct_stages_agree(runs):
     for key, value in direct_report["metrics"].items():
         assert kfp_report["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert len(list(run_dir.glob("*/rollout-parts/samples/samples.jsonl"))) == args["num_shards"]
-    html = one(run_dir, "evaluate-parts/summary").read_text()
-    assert "data:image/png;base64" in html
+    assert "data:image/png;base64" in one(run_dir, "evaluate-parts/html").read_text()
+    assert "penetration_mean" in one(run_dir, "evaluate-parts/summary").read_text()
 
 
 def test_mlflow_parent_child_runs_and_registry(runs):

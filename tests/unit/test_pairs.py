@@ -326,3 +326,39 @@ def test_config_defaults_and_help():
         0.0,
     )
     assert all(f.metadata["help"] for f in dataclasses.fields(PairsConfig))
+
+
+# ---------------------------------------------------------------- similar_key
+
+
+def v(sid: str, score: float, volume: float, cond: str = "c0") -> ScoredSample:
+    return dataclasses.replace(s(sid, score, cond), detail={"total_volume": volume})
+
+
+def test_similar_key_picks_the_largest_gap_among_like_sized_samples():
+    # best-vs-worst would pair a (0.0, volume 0.5: shrunk) with d (0.9, volume 1.0).
+    # Within 10% of each other: (b, d) gap 0.7 [1.0 vs 1.0], (c, d) gap 0.4, (b, c) gap 0.3.
+    rows = [v("a", 0.0, 0.5), v("b", 0.2, 1.0), v("c", 0.5, 0.95), v("d", 0.9, 1.0)]
+    cfg = PairsConfig(similar_key="total_volume", similar_tolerance=0.1)
+    assert ids(mine_pairs(rows, cfg)) == [("b", "d")]
+    assert ids(mine_pairs(rows, PairsConfig())) == [("a", "d")]
+
+
+def test_similar_key_counts_conditions_without_a_similar_pair():
+    rows = [v("a", 0.0, 0.5), v("b", 0.9, 1.0), v("c", 0.1, 1.0, cond="c1"), v("d", 0.4, 1.05, cond="c1")]
+    r = mine_pairs(rows, PairsConfig(similar_key="total_volume"))
+    assert ids(r) == [("c", "d")]
+    assert r.counts["dissimilar_total_volume"] == 1
+
+
+def test_similar_key_with_thresholds_drops_dissimilar_combinations():
+    rows = [v("a", 0.0, 0.5), v("b", 0.05, 1.0), v("c", 0.8, 1.0), v("d", 0.9, 1.02)]
+    cfg = PairsConfig(strategy="threshold", tau_good=0.1, tau_bad=0.5, similar_key="total_volume")
+    r = mine_pairs(rows, cfg)
+    assert sorted(ids(r)) == [("b", "c"), ("b", "d")]
+    assert r.counts["dissimilar_total_volume"] == 2
+
+
+def test_similar_key_missing_from_detail_is_an_error():
+    with pytest.raises(ValueError, match="detail has no number 'total_volume'"):
+        mine_pairs([s("a", 0.1), s("b", 0.2)], PairsConfig(similar_key="total_volume"))

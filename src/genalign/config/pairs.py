@@ -66,6 +66,16 @@ class PairsConfig(Config):
         help="Key of sample.output that must be equal inside a pair; a mismatch drops the "
         "pair and is counted as mismatched_<key>.",
     )
+    similar_key: str | None = field(
+        None,
+        help="Optional numeric key of the score detail (e.g. 'total_volume') on which chosen and "
+        "rejected must agree within similar_tolerance, so that a pair prefers what the score "
+        "measures rather than a side effect the score rewards (smaller parts penetrate less).",
+    )
+    # 0.1: within 10%, the tolerance the evaluation guard allows (EvaluatePartsConfig).
+    similar_tolerance: float = field(
+        0.1, help="Relative tolerance |a - b| / max(|a|, |b|) on similar_key inside a pair."
+    )
     seed: int = field(0, help="Seed of the subset drawn when max_pairs_per_condition caps.")
 
     def __post_init__(self) -> None:

@@ -103,7 +103,8 @@ def run(cfg: EvaluatePartsConfig, *, model: Path, adapter: Path, conditions: Pat
     fp = fingerprint(cfg, {"model": model, "adapter": adapter, "conditions": conditions})
     if completed(report, "report", fp):
         data = json.loads((report / "report.json").read_text())
-        return StageResult(metrics=data["metrics"], summary={"html": str(report / "report.html"), **data["comparison"]["gate"]})
+        return StageResult(metrics=data["metrics"], summary={"html": str(report / "report.html"), "markdown": str(report / "summary.md"),
+                                                          **data["comparison"]["gate"]})
 
     with atomic_dir(report) as tmp:
         base_rows = measure(load_generator(model), conds, conditions, cfg, tmp, "base")
@@ -116,7 +117,8 @@ def run(cfg: EvaluatePartsConfig, *, model: Path, adapter: Path, conditions: Pat
                        counts={"conditions": len(conds), "samples": len(base_rows)},
                        hash_files=["report.json"], extra={"fingerprint": fp})
     tracker.log_artifact(report, "report")
-    return StageResult(metrics=metrics, summary={"html": str(report / "report.html"), **comparison["gate"]})
+    return StageResult(metrics=metrics, summary={"html": str(report / "report.html"), "markdown": str(report / "summary.md"),
+                                                 **comparison["gate"]})
 
 
 def _flat_metrics(comparison: dict) -> dict[str, float]:
@@ -172,6 +174,8 @@ def _write_report(out: Path, cfg, comparison, metrics, base_rows, tuned_rows, tr
     notes = [verdict, f"{len(base_rows)} held-out samples, seeds shared by base and tuned"]
     title = "part-dpo evaluation: base vs tuned on held-out conditions"
     atomic_write_text(out / "report.md", markdown_report(title, table_rows, images, notes, lower_is_better=lower))
+    # for the Kubeflow UI's Markdown viewer, which cannot follow relative image links
+    atomic_write_text(out / "summary.md", markdown_report(title, table_rows, {}, notes, lower_is_better=lower))
     atomic_write_text(out / "report.html", html_report(title, table_rows, images, notes, root=out, lower_is_better=lower))
     atomic_write_json(out / "report.json", {
         "metrics": metrics, "comparison": comparison, "config": cfg.to_dict(),
