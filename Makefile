@@ -34,3 +34,5 @@ bench: install
 
 clean:
 	rm -rf .genalign
+
+include docker/images.mk
