@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test test-unit pipelines check-pipelines bench clean
+.PHONY: install demo test test-unit pipelines bench k8s clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test-unit: install
 pipelines: install ## compile every pipeline into pipelines/compiled/
 	@mkdir -p pipelines/compiled
 	$(VENV)/bin/genalign compile part-dpo --preset tiny -o pipelines/compiled/part-dpo.yaml
+
+k8s: ## render both kustomize overlays
+	kubectl kustomize k8s/overlays/dev > /dev/null && kubectl kustomize k8s/overlays/gpu > /dev/null && echo k8s overlays render
 
 bench: install
 	$(PY) benchmarks/flow_dpo_step.py
