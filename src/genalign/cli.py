@@ -1,7 +1,10 @@
 """The `genalign` command.
 
     genalign run part-dpo --preset tiny [--set train.beta=500 ...]   run a pipeline locally (kfp.local)
-    genalign compile part-dpo [--preset tiny] [-o part-dpo.yaml]     IR YAML for the Kubeflow UI
+    genalign compile part-dpo [--preset tiny] [--profile cluster.yaml] [-o part-dpo.yaml]
+                                                                     IR YAML for the Kubeflow UI
+    genalign submit part-dpo --host URL --preset tiny [--profile cluster.yaml] [--wait]
+                                                                     run it on a Kubeflow cluster
     genalign stage score --config c.yaml --in samples=DIR --out scored=DIR   run one stage
     genalign stages                                                  list the stages
 """
@@ -13,20 +16,25 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from genalign.config.base import ConfigError
 
+if TYPE_CHECKING:
+    from genalign.config.cluster import ClusterProfile
 
-def _pipeline_function(name: str):
+
+def _pipeline_function(name: str, profile: dict | None = None):
+    """The pipeline `name`, built with `profile` (a checked ClusterProfile as a dict) or none."""
     from pipelines import PIPELINE_MODULES
 
     if name not in PIPELINE_MODULES:
         raise ConfigError(f"unknown pipeline {name!r}; valid pipelines: {sorted(PIPELINE_MODULES)}")
     module, _, attr = PIPELINE_MODULES[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return getattr(importlib.import_module(module), attr)(profile)
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, list[str]]:
@@ -81,16 +89,236 @@ def cmd_stages(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
-    from kfp import compiler
+def _leaf_tasks(spec: dict) -> dict[str, str]:
+    """{task name: executor label} of every task that runs a container, at any depth of the IR."""
+    components = spec["components"]
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in components.values() if "dag" in c]
+    tasks = {}
+    for dag in dags:
+        for name, task in dag["tasks"].items():
+            component = components[task["componentRef"]["name"]]
+            if "executorLabel" in component:
+                tasks[name] = component["executorLabel"]
+    return dict(sorted(tasks.items()))
 
+
+def _load_profile(path: str | None, pipeline: str) -> ClusterProfile | None:
+    """The checked cluster profile, if one is given, for compiling `pipeline`."""
+    if path is None:
+        return None
+    from genalign.config.cluster import load_profile
+
+    profile = load_profile(path)
+    several = {name: s.nodes for name, s in profile.stages.items() if s.nodes > 1}
+    if several:
+        raise ConfigError(
+            f"{path}: stages: nodes {several}: {pipeline} runs each stage in one pod (no TrainJob "
+            "launcher in it yet); set nodes: 1"
+        )
+    return profile
+
+
+def _compile(pipeline: str, arguments: dict[str, Any], profile: ClusterProfile | None, out: Path) -> None:
+    """Writes the IR YAML of `pipeline` with `arguments` as parameter defaults, reproducibly.
+
+    kfp writes a header comment listing the parameters with their defaults in protobuf
+    map order, which changes from one process to the next; the header is written again
+    from the key-sorted spec so the same inputs give the same bytes (pipelines/compiled/
+    is checked against a fresh compile).
+    """
+    import yaml
+    from kfp import compiler
+    from kfp.compiler import pipeline_spec_builder
+
+    func = _pipeline_function(pipeline, profile.to_dict() if profile else None)
+    compiler.Compiler().compile(func, str(out), pipeline_parameters=arguments)
+    lines = out.read_text().splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if not line.startswith("#"))
+    body = "".join(lines[first:])
+    spec = next(yaml.safe_load_all(body))
+    header = pipeline_spec_builder.extract_comments_from_pipeline_spec(spec, spec["pipelineInfo"].get("description"))
+    out.write_text(header + body)
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
     from genalign.config.presets import load_preset
 
     arguments = load_preset(args.pipeline, args.preset, args.set)
+    profile = _load_profile(args.profile, args.pipeline)
     out = Path(args.output or f"{args.pipeline}.yaml")
-    compiler.Compiler().compile(_pipeline_function(args.pipeline), str(out), pipeline_parameters=arguments)
+    _compile(args.pipeline, arguments, profile, out)
     print(f"wrote {out} (upload it in the Kubeflow Pipelines UI: Pipelines > Upload pipeline)")
     return 0
+
+
+# The token the pipelines API gets: the first of these variables that is set, else the
+# bearer token of the current kube config context (kfp.Client only reads the kube config
+# when it is given no host, so it is read here), else none (a port-forward needs none).
+TOKEN_ENV = ("KF_PIPELINES_TOKEN", "KFP_TOKEN")
+TERMINAL_STATES = {"SUCCEEDED": 0, "SKIPPED": 0, "FAILED": 1, "CANCELED": 1}
+
+
+def _token() -> tuple[str | None, str]:
+    """(token, where it came from); the token itself is never printed."""
+    for name in TOKEN_ENV:
+        if os.environ.get(name):
+            return os.environ[name], f"bearer token from ${name}"
+    kube_config = os.environ.get("KUBECONFIG") or "~/.kube/config"
+    if not any(Path(p).expanduser().is_file() for p in kube_config.split(os.pathsep) if p):
+        return None, f"no token (${' / $'.join(TOKEN_ENV)} unset, no kube config)"
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+
+    configuration = k8s_client.Configuration()
+    try:
+        _, context = k8s_config.list_kube_config_contexts(config_file=kube_config)
+        k8s_config.load_kube_config(config_file=kube_config, client_configuration=configuration, persist_config=False)
+    except k8s_config.ConfigException as e:
+        return None, f"no token (${' / $'.join(TOKEN_ENV)} unset; the kube config gave none: {e})"
+    bearer = configuration.api_key.get("authorization")
+    if not bearer:
+        return None, f"no token (${' / $'.join(TOKEN_ENV)} unset; kube context {context['name']!r} has no bearer token)"
+    return bearer.removeprefix("Bearer ").strip(), f"bearer token of kube context {context['name']!r}"
+
+
+def _check_host(host: str, token: str | None, auth: str) -> None:
+    """One GET of the API's healthz, so that a wrong host or token fails fast and clearly.
+
+    kfp.Client retries a failing healthz five times, five seconds apart, and then says
+    only that it timed out. Like the SDK, this ignores the *_proxy environment.
+    """
+    import urllib.error
+    import urllib.request
+
+    url = f"{host}/apis/v2beta1/healthz"
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=30) as response:
+            body, landed = response.read(), response.geturl()
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise ConfigError(_auth_message(host, e.code, auth)) from None
+        raise ConfigError(
+            f"{host}: GET /apis/v2beta1/healthz answered HTTP {e.code} {e.reason}; is --host the "
+            "Kubeflow Pipelines endpoint (e.g. https://kubeflow.example.com/pipeline or a port-forward "
+            "http://127.0.0.1:8888)?"
+        ) from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = e.reason if isinstance(e, urllib.error.URLError) else e
+        if isinstance(reason, ConnectionRefusedError):
+            reason = "connection refused"
+        raise ConfigError(
+            f"cannot reach Kubeflow Pipelines at {host}: {reason} (is the host right, and the "
+            "port-forward or ingress up?)"
+        ) from None
+    try:
+        json.loads(body)
+    except ValueError:
+        raise ConfigError(
+            f"{host}: GET /apis/v2beta1/healthz did not answer JSON (it landed on {landed}, perhaps a "
+            f"login page; sent: {auth}); set ${TOKEN_ENV[0]} to a token the cluster accepts"
+        ) from None
+
+
+def _auth_message(host: str, status: int, auth: str) -> str:
+    return (
+        f"Kubeflow Pipelines at {host} refused the request (HTTP {status}; sent: {auth}); set "
+        f"${TOKEN_ENV[0]} to a token that may create runs there"
+    )
+
+
+def _submit_error(host: str, error: Exception, auth: str) -> ConfigError:
+    """An API error (kfp_server_api.ApiException) or a connection error (urllib3), said plainly."""
+    import kfp_server_api
+
+    if not isinstance(error, kfp_server_api.ApiException):
+        return ConfigError(f"cannot reach Kubeflow Pipelines at {host}: {error}")
+    if error.status in (401, 403):
+        return ConfigError(_auth_message(host, error.status, auth))
+    detail = (error.body or "").strip()[:500]
+    return ConfigError(f"Kubeflow Pipelines at {host} answered HTTP {error.status} {error.reason}: {detail}")
+
+
+def _wait(client, run_id: str, url: str, timeout: float | None, poll: float) -> int:
+    """Polls the run until it ends; 0 if it succeeded, 1 if it failed, was cancelled or timed out.
+
+    Not kfp's `wait_for_run_completion`: that one does not stop on CANCELED.
+    """
+    started, last = time.monotonic(), None
+    while True:
+        state = client.get_run(run_id).state
+        if state != last:
+            print(f"run {run_id}: {state}", flush=True)
+            last = state
+        if state in TERMINAL_STATES:
+            if TERMINAL_STATES[state]:
+                print(f"genalign: run {run_id} ended {state}: {url}", file=sys.stderr)
+            return TERMINAL_STATES[state]
+        if timeout is not None and time.monotonic() - started > timeout:
+            print(f"genalign: run {run_id} still {state} after {timeout:g} s (it goes on): {url}", file=sys.stderr)
+            return 1
+        time.sleep(poll)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import yaml
+
+    from genalign.config.presets import load_preset
+
+    host = args.host.rstrip("/")
+    if not host.startswith(("http://", "https://")):
+        raise ConfigError(f"--host {args.host!r}: expected http://... or https://...")
+    if args.timeout is not None and not args.wait:
+        raise ConfigError("--timeout applies to --wait; add --wait")
+    arguments = load_preset(args.pipeline, args.preset, args.set)
+    profile = _load_profile(args.profile, args.pipeline)
+    namespace = args.namespace or (profile.namespace if profile else None)
+    service_account = profile.service_account if profile else None
+    experiment = args.experiment or arguments.get("experiment") or args.pipeline
+    preset = Path(args.preset).stem if args.preset.endswith((".yaml", ".yml")) else args.preset
+    run_name = args.run_name or f"{args.pipeline} {preset} {time.strftime('%Y-%m-%d %H-%M-%S')}"
+    token, auth = _token()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        package = Path(tmp) / f"{args.pipeline}.yaml"
+        _compile(args.pipeline, arguments, profile, package)
+        if args.dry_run:
+            spec = next(yaml.safe_load_all(package.read_text()))
+            plan = {
+                "host": host, "auth": auth, "experiment": experiment, "run_name": run_name,
+                "namespace": namespace, "service_account": service_account,
+                "profile": args.profile, "parameters": arguments, "tasks": list(_leaf_tasks(spec)),
+            }
+            print(json.dumps(plan, indent=2))
+            print("dry run: nothing was sent", file=sys.stderr)
+            return 0
+        _check_host(host, token, auth)
+
+        import warnings
+
+        import kfp
+        import kfp_server_api
+        import urllib3
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # "works with KFP 2.0.0-beta.2 and later"
+                client = kfp.Client(host=host, existing_token=token)
+            run = client.create_run_from_pipeline_package(
+                str(package), arguments=arguments, run_name=run_name, experiment_name=experiment,
+                namespace=namespace, service_account=service_account,
+            )
+            url = f"{host}/#/runs/details/{run.run_id}"
+            print(f"submitted {args.pipeline} ({preset}) as run {run.run_id!r} in experiment {experiment!r}")
+            print(f"run: {url}", flush=True)
+            if not args.wait:
+                return 0
+            return _wait(client, run.run_id, url, args.timeout, args.poll)
+        except (kfp_server_api.ApiException, urllib3.exceptions.HTTPError) as e:
+            raise _submit_error(host, e, auth) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -157,8 +385,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline")
     p.add_argument("--preset", default="tiny", help="preset whose values become the parameter defaults")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--profile", help="cluster profile YAML (secrets, volumes, GPUs, resources per task)")
     p.add_argument("-o", "--output", help="output file (default <pipeline>.yaml)")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser(
+        "submit", help="compile a pipeline and start a run on Kubeflow Pipelines",
+        description="Compiles the pipeline and starts a run with the kfp SDK. The token is taken "
+        f"from ${TOKEN_ENV[0]} or ${TOKEN_ENV[1]}, else from the current kube config context, "
+        "else none is sent.",
+    )
+    p.add_argument("pipeline")
+    p.add_argument("--host", required=True, help="the pipelines API, e.g. https://kubeflow.example.com/pipeline")
+    p.add_argument("--preset", required=True, help="configs/<pipeline>/<preset>.yaml or a YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.beta=500")
+    p.add_argument("--profile", help="cluster profile YAML (secrets, volumes, GPUs, resources per task)")
+    p.add_argument("--experiment", help="KFP experiment (default: the preset's experiment)")
+    p.add_argument("--run-name", help="run name (default: '<pipeline> <preset> <time>')")
+    p.add_argument("--namespace", help="namespace of the run (default: the profile's)")
+    p.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 unless it succeeded")
+    p.add_argument("--timeout", type=float, help="with --wait: give up waiting after this many seconds")
+    p.add_argument("--poll", type=float, default=10.0, help="with --wait: seconds between status checks")
+    p.add_argument("--dry-run", action="store_true", help="print what would be sent and send nothing")
+    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("stage", help="run one stage on local paths")
     p.add_argument("name")

@@ -38,7 +38,7 @@ def test_round_trip():
 def test_tiny_preset_loads_with_every_section_explicit():
     args = load_preset("part-dpo", "tiny")
     assert set(args) >= {"prepare", "rollout", "score", "pairs", "train", "evaluate", "register"}
-    assert args["rollout"]["samples_per_condition"] == 4
+    assert args["rollout"]["samples_per_condition"] == 8
     assert "beta" in args["train"]
 
 

@@ -71,4 +71,4 @@ def test_compile_names_the_project_image_on_every_task(tmp_path):
     for name, executor in executors.items():
         assert executor["container"]["image"] in images.ALL.values(), name
     defaults = spec["root"]["inputDefinitions"]["parameters"]
-    assert defaults["rollout"]["defaultValue"]["samples_per_condition"] == 4
+    assert defaults["rollout"]["defaultValue"]["samples_per_condition"] == 8

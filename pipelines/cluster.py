@@ -1,0 +1,53 @@
+"""Cluster settings on one pipeline task, with kfp-kubernetes and the task's resource setters.
+
+`profile` is `genalign.config.cluster.ClusterProfile.to_dict()`: the CLI loads and checks
+the YAML, the pipelines only read the dict (they import nothing but kfp and components).
+Every task gets the MLflow ConfigMap and the object-store Secret; every stage's task
+also the model cache, and its CPU, memory and GPUs from the profile's `stages`, and GPU
+tasks the GPU nodes' selector and tolerations. kfp.local ignores all of it, so
+`genalign run` is unchanged.
+"""
+
+from kfp import dsl, kubernetes
+
+
+def apply_profile(task: dsl.PipelineTask, stage: str | None, profile: dict | None) -> dsl.PipelineTask:
+    """Applies `profile` to `task`, which runs the stage `stage` (None: a task of no stage)."""
+    if profile is None:
+        return task
+    if profile["tracking_configmap"]:
+        kubernetes.use_config_map_as_env(
+            task, config_map_name=profile["tracking_configmap"],
+            config_map_key_to_env={"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI"},
+        )
+    if profile["s3_secret"]:
+        kubernetes.use_secret_as_env(
+            task, secret_name=profile["s3_secret"], secret_key_to_env=profile["s3_secret_keys"]
+        )
+    if stage is None:
+        return task
+    if profile["model_cache_pvc"]:
+        kubernetes.mount_pvc(task, pvc_name=profile["model_cache_pvc"], mount_path=profile["model_cache_mount"])
+        task.set_env_variable("GENALIGN_CACHE", profile["model_cache_mount"])
+
+    resources = profile["stages"].get(stage)
+    if resources is None:
+        return task
+    if resources["cpu"]:
+        task.set_cpu_request(resources["cpu"])
+        task.set_cpu_limit(resources["cpu"])
+    if resources["memory"]:
+        task.set_memory_request(resources["memory"])
+        task.set_memory_limit(resources["memory"])
+    if resources["gpus"]:
+        gpu = profile["gpu"]
+        task.set_accelerator_type(gpu["resource"])
+        task.set_accelerator_limit(resources["gpus"])
+        for label, value in gpu["node_selector"].items():
+            kubernetes.add_node_selector(task, label_key=label, label_value=value)
+        for toleration in gpu["tolerations"]:
+            kubernetes.add_toleration(
+                task, key=toleration["key"], operator=toleration["operator"],
+                value=toleration["value"], effect=toleration["effect"],
+            )
+    return task

@@ -1,0 +1,164 @@
+"""The compiled pipelines in pipelines/compiled/ are current, and a cluster profile lands
+on the right tasks of the IR's Kubernetes platform spec."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from genalign.cli import main
+from pipelines import PIPELINE_MODULES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINE_MODULES))
+def test_checked_in_pipeline_is_current(name, tmp_path):
+    checked_in = ROOT / "pipelines" / "compiled" / f"{name}.yaml"
+    assert checked_in.is_file(), f"{checked_in.relative_to(ROOT)} is missing: run `make pipelines`"
+    out = tmp_path / f"{name}.yaml"
+    # a fresh process with the default images, as `make pipelines` compiles it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENALIGN_IMAGE_")}
+    subprocess.run(
+        [sys.executable, "-m", "genalign.cli", "compile", name, "--preset", "tiny", "-o", str(out)],
+        cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+    )
+    fresh, old = out.read_text(), checked_in.read_text()
+    if fresh != old:
+        diff = "".join(list(difflib.unified_diff(
+            old.splitlines(keepends=True), fresh.splitlines(keepends=True),
+            str(checked_in.relative_to(ROOT)), "fresh compile",
+        ))[:60])
+        pytest.fail(f"{checked_in.relative_to(ROOT)} differs from a fresh compile: run `make pipelines`\n{diff}")
+
+
+PROFILE = """\
+namespace: team-a
+service_account: pipeline-runner
+tracking_configmap: mlflow-env
+s3_secret: store-credentials
+s3_secret_keys: {access-key: AWS_ACCESS_KEY_ID, secret-key: AWS_SECRET_ACCESS_KEY, endpoint: MLFLOW_S3_ENDPOINT_URL}
+model_cache_pvc: model-cache
+model_cache_mount: /cache
+gpu:
+  resource: nvidia.com/gpu
+  node_selector: {nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}
+  tolerations:
+    - {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}
+    - {key: dedicated, operator: Equal, value: ml, effect: NoExecute}
+stages:
+  rollout-parts: {gpus: 1, cpu: 8, memory: 64Gi}
+  train-flow-dpo: {gpus: 4, cpu: "32", memory: 256Gi, nodes: 1}
+  score: {cpu: 16, memory: 32Gi}
+"""
+
+
+@pytest.fixture(scope="module")
+def compiled_with_profile(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("profile")
+    (tmp / "cluster.yaml").write_text(PROFILE)
+    out = tmp / "part-dpo.yaml"
+    assert main(["compile", "part-dpo", "--preset", "tiny", "--profile", str(tmp / "cluster.yaml"), "-o", str(out)]) == 0
+    pipeline_spec, platform_spec = yaml.safe_load_all(out.read_text())
+    return pipeline_spec, platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+# the tasks that run a stage (score-samples runs `score`, mine-pairs `pairs`, register-adapter
+# `register`); the exit handler's close-tracking runs none
+STAGE_TASKS = ("prepare-parts", "rollout-parts", "score-samples", "mine-pairs", "train-flow-dpo",
+               "evaluate-parts", "register-adapter")
+
+
+@pytest.mark.parametrize("task", [*STAGE_TASKS, "close-tracking"])
+def test_every_task_gets_the_tracking_configmap_and_store_secret(compiled_with_profile, task):
+    _, platform = compiled_with_profile
+    k8s = platform[f"exec-{task}"]
+    (configmap,) = k8s["configMapAsEnv"]
+    assert configmap["configMapName"] == "mlflow-env"
+    assert configmap["keyToEnv"] == [{"configMapKey": "MLFLOW_TRACKING_URI", "envVar": "MLFLOW_TRACKING_URI"}]
+    (secret,) = k8s["secretAsEnv"]
+    assert secret["secretName"] == "store-credentials"
+    assert {e["secretKey"]: e["envVar"] for e in secret["keyToEnv"]} == {
+        "access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY", "endpoint": "MLFLOW_S3_ENDPOINT_URL",
+    }
+
+
+@pytest.mark.parametrize("task", STAGE_TASKS)
+def test_every_stage_task_mounts_the_model_cache(compiled_with_profile, task):
+    pipeline_spec, platform = compiled_with_profile
+    (pvc,) = platform[f"exec-{task}"]["pvcMount"]
+    assert (pvc["constant"], pvc["mountPath"]) == ("model-cache", "/cache")
+    container = pipeline_spec["deploymentSpec"]["executors"][f"exec-{task}"]["container"]
+    assert {"name": "GENALIGN_CACHE", "value": "/cache"} in container["env"]
+
+
+def test_the_exit_handler_task_gets_no_cache_and_no_resources(compiled_with_profile):
+    pipeline_spec, platform = compiled_with_profile
+    assert "pvcMount" not in platform["exec-close-tracking"]
+    container = pipeline_spec["deploymentSpec"]["executors"]["exec-close-tracking"]["container"]
+    assert "env" not in container and "resources" not in container
+
+
+@pytest.mark.parametrize("task, gpus, cpu, memory", [
+    ("rollout-parts", "1", "8", "64Gi"),
+    ("train-flow-dpo", "4", "32", "256Gi"),
+])
+def test_gpu_tasks_get_accelerators_resources_node_selector_and_tolerations(
+    compiled_with_profile, task, gpus, cpu, memory
+):
+    pipeline_spec, platform = compiled_with_profile
+    resources = pipeline_spec["deploymentSpec"]["executors"][f"exec-{task}"]["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert resources["accelerator"]["resourceCount"] == gpus
+    assert resources["resourceCpuRequest"] == resources["resourceCpuLimit"] == cpu
+    assert resources["resourceMemoryRequest"] == resources["resourceMemoryLimit"] == memory
+    k8s = platform[f"exec-{task}"]
+    assert k8s["nodeSelector"] == {"labels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}}
+    assert k8s["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"},
+    ]
+
+
+def test_cpu_tasks_get_resources_but_no_gpu_scheduling(compiled_with_profile):
+    pipeline_spec, platform = compiled_with_profile
+    executors = pipeline_spec["deploymentSpec"]["executors"]
+    score = executors["exec-score-samples"]["container"]["resources"]
+    assert "accelerator" not in score
+    assert (score["resourceCpuRequest"], score["resourceMemoryLimit"]) == ("16", "32Gi")
+    for task in ("score-samples", "prepare-parts", "mine-pairs", "register-adapter", "close-tracking"):
+        assert "nodeSelector" not in platform[f"exec-{task}"] and "tolerations" not in platform[f"exec-{task}"]
+    assert "resources" not in executors["exec-prepare-parts"]["container"]
+
+
+def test_without_a_profile_there_is_no_platform_spec():
+    docs = list(yaml.safe_load_all((ROOT / "pipelines" / "compiled" / "part-dpo.yaml").read_text()))
+    assert len(docs) == 1
+    assert "resources" not in docs[0]["deploymentSpec"]["executors"]["exec-train-flow-dpo"]["container"]
+
+
+def test_the_example_profile_of_k8s_compiles(tmp_path):
+    out = tmp_path / "part-dpo.yaml"
+    assert main(["compile", "part-dpo", "--profile", str(ROOT / "k8s" / "cluster-profile.example.yaml"), "-o", str(out)]) == 0
+    _, platform_spec = yaml.safe_load_all(out.read_text())
+    train = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-flow-dpo"]
+    assert train["secretAsEnv"][0]["secretName"] == "genalign-s3"
+    assert train["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
+
+
+@pytest.mark.parametrize("stages, message", [
+    ("train: {gpus: 1}", "stages: unknown stage(s) ['train']; valid stages are ['evaluate-parts', 'pairs'"),
+    ("train-flow-dpo: {gpus: 8, nodes: 2}", "nodes {'train-flow-dpo': 2}: part-dpo runs each stage in one pod"),
+])
+def test_compile_rejects_a_profile_it_cannot_honour(tmp_path, capsys, stages, message):
+    profile = tmp_path / "cluster.yaml"
+    profile.write_text(f"stages:\n  {stages}\n")
+    assert main(["compile", "part-dpo", "--profile", str(profile), "-o", str(tmp_path / "p.yaml")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "p.yaml").exists()
