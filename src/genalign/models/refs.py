@@ -36,9 +36,16 @@ def _build_tiny_part_generator(out: Path) -> None:
     build_tiny_generator(out, seed=0)
 
 
+def _build_tiny_qwen2_vl(out: Path) -> None:
+    from genalign.models.tiny_qwen_vl import build_tiny_qwen2_vl
+
+    build_tiny_qwen2_vl(out, seed=0)
+
+
 # tiny://<arch> builders: random-init models from configs, for tests and tiny presets.
 TINY_BUILDERS: dict[str, Callable[[Path], None]] = {
     "part-generator": _build_tiny_part_generator,
+    "tiny-qwen2-vl": _build_tiny_qwen2_vl,
 }
 
 _MLFLOW = re.compile(r"^mlflow://models/(?P<name>[^@/]+)(?:@(?P<alias>[\w.-]+)|/(?P<version>\d+))$")
