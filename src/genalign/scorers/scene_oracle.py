@@ -1,0 +1,204 @@
+"""The tiny preset's critic: does an instruction's view reveal the answer? Geometric ground truth.
+
+For a synthetic spatial question ("What is directly behind the red cube?") a view
+reveals the answer when, in an object-id buffer of the view (`render.scenes.visibility`
+at `resolution` pixels):
+
+- the answer object is visible: at least `min_visible_fraction` of the pixels it would
+  cover on its own are not hidden by another object, and at least `min_visible_pixels`;
+- the relation is observable: the reference object is visible too (at least
+  `min_reference_fraction` of its own pixels), and for "on top of" questions the view
+  looks down on the answer by at least `min_above_elevation_deg` (an eye-level view
+  sees a box's top edge-on, so what lies on it is not shown).
+
+A plan's score (higher is better, 0..1): each instruction gives 1 when it executed and
+its view reveals the answer, else 0 (an instruction the executor failed on or timed out
+on counts as not revealing and is counted in `detail`); `reduce` = mean takes the share
+of revealing instructions, max whether any reveals. Following DESIGN.md, a plan that
+does not parse (a failed generation) scores -1.0 and an empty instruction list 0.0.
+
+    >>> from genalign.scorers.scene_oracle import SceneOracle
+    >>> score, detail = SceneOracle(OracleConfig()).score_plan(scene, plan_text)
+
+Uniformly random instructions reveal the answer about 30% of the time on the generated
+scenes; the designed views of each question always do (tests/unit/test_executor_oracle.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from genalign.config.planner_world import OracleConfig
+from genalign.data.spatial_scenes import SpatialScene
+from genalign.executors import ExecutionResult
+from genalign.executors.render_view import InstructionError, parse_instruction
+from genalign.generators.plan_format import Plan, PlanFormatError, parse_plan
+from genalign.render.scenes import camera_eye, view_camera, visibility
+
+# A plan that failed to parse, and a plan with nothing to execute (DESIGN.md, scored).
+FAILED_SCORE = -1.0
+EMPTY_SCORE = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewEvidence:
+    """What a view shows of a question's answer and reference objects."""
+
+    view: str
+    answer_visible_px: int
+    answer_alone_px: int
+    reference_visible_px: int
+    reference_alone_px: int
+    elevation_deg: float  # how far below the eye's horizon the answer object's centre is
+
+    @property
+    def answer_fraction(self) -> float:
+        return self.answer_visible_px / self.answer_alone_px if self.answer_alone_px else 0.0
+
+    @property
+    def reference_fraction(self) -> float:
+        return (
+            self.reference_visible_px / self.reference_alone_px if self.reference_alone_px else 0.0
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "view": self.view,
+            "answer_fraction": round(self.answer_fraction, 4),
+            "answer_visible_px": self.answer_visible_px,
+            "reference_fraction": round(self.reference_fraction, 4),
+            "elevation_deg": round(self.elevation_deg, 2),
+        }
+
+
+def view_evidence(scene: SpatialScene, view: str, resolution: int) -> ViewEvidence:
+    """Visibility of the answer and reference objects of `scene` from the view key `view`."""
+    names = scene.object_names
+    answer = names.index(scene.question.answer_object)
+    reference = names.index(scene.question.reference)
+    cam = view_camera(view, scene.objects)
+    px = visibility(scene.objects, cam, resolution)  # [K, 2]
+    off = camera_eye(cam) - np.asarray(scene.objects[answer].center)
+    elevation = math.degrees(math.asin(off[1] / float(np.linalg.norm(off))))
+    return ViewEvidence(
+        view=view,
+        answer_visible_px=int(px[answer, 0]),
+        answer_alone_px=int(px[answer, 1]),
+        reference_visible_px=int(px[reference, 0]),
+        reference_alone_px=int(px[reference, 1]),
+        elevation_deg=elevation,
+    )
+
+
+def decide(evidence: ViewEvidence, question_type: str, cfg: OracleConfig) -> bool:
+    """Whether the view reveals the answer (the rule in the module docstring)."""
+    visible = (
+        evidence.answer_fraction >= cfg.min_visible_fraction
+        and evidence.answer_visible_px >= cfg.min_visible_pixels
+    )
+    observable = evidence.reference_fraction >= cfg.min_reference_fraction
+    if question_type == "above":
+        observable = observable and evidence.elevation_deg >= cfg.min_above_elevation_deg
+    return visible and observable
+
+
+class SceneOracle:
+    """Scores plans for synthetic scenes by whether their views reveal the answer."""
+
+    name = "scene-oracle"
+    higher_is_better = True
+
+    def __init__(self, cfg: OracleConfig | None = None):
+        self.cfg = cfg or OracleConfig()
+        self._cache: dict[tuple[SpatialScene, str], ViewEvidence] = {}
+
+    def evidence(self, scene: SpatialScene, view: str) -> ViewEvidence:
+        key = (scene, view)
+        if key not in self._cache:
+            self._cache[key] = view_evidence(scene, view, self.cfg.resolution)
+        return self._cache[key]
+
+    def view_reveals(self, scene: SpatialScene, view: str) -> bool:
+        """Whether the view key (e.g. "back-high") reveals the answer of `scene`."""
+        return decide(self.evidence(scene, view), scene.question.type, self.cfg)
+
+    def check_instruction(self, scene: SpatialScene, instruction: str) -> dict[str, Any]:
+        """One instruction's outcome as a JSON-able dict: view, reveals, and the evidence.
+
+        An instruction outside the vocabulary does not reveal (`error` says why).
+        """
+        try:
+            view = parse_instruction(instruction, scene.object_names)
+        except InstructionError as e:
+            return {"instruction": instruction, "view": None, "reveals": False, "error": str(e)}
+        ev = self.evidence(scene, view)
+        return {
+            "instruction": instruction,
+            "reveals": decide(ev, scene.question.type, self.cfg),
+            **ev.to_dict(),
+        }
+
+    def score_plan(
+        self,
+        scene: SpatialScene,
+        plan: str | Plan,
+        executions: Sequence[ExecutionResult | str] | None = None,
+    ) -> tuple[float, dict[str, Any]]:
+        """(score, detail) of a plan for `scene`; detail is JSON-serialisable.
+
+        `plan` is the planner's text (parsed here; a PlanFormatError scores -1.0) or a
+        parsed Plan. `executions` holds the executor's result (or just its status) for each
+        instruction, in order; without it an instruction counts as executed exactly when it
+        is in the vocabulary, as the render-view executor would have it.
+        """
+        if isinstance(plan, str):
+            try:
+                plan = parse_plan(plan)
+            except PlanFormatError as e:
+                return FAILED_SCORE, {"outcome": "unparseable", "error": str(e)}
+        n = len(plan.instructions)
+        if n == 0:
+            return EMPTY_SCORE, {"outcome": "empty", "instructions": 0}
+        if executions is not None and len(executions) != n:
+            raise ValueError(f"score_plan: {len(executions)} executions for {n} instructions")
+        per: list[dict[str, Any]] = []
+        counts = {"ok": 0, "failed": 0, "timeout": 0}
+        for i, instruction in enumerate(plan.instructions):
+            row = self.check_instruction(scene, instruction)
+            if executions is None:
+                status = "failed" if row["view"] is None else "ok"
+            else:
+                ex = executions[i]
+                status = ex.status if isinstance(ex, ExecutionResult) else ex
+                if status not in counts:
+                    raise ValueError(
+                        f"score_plan: execution {i}: unknown status {status!r}; "
+                        f"valid: {sorted(counts)}"
+                    )
+                if status != "ok" and isinstance(ex, ExecutionResult) and "error" not in row:
+                    row["error"] = ex.error
+            counts[status] += 1
+            row["status"] = status
+            row["reveals"] = bool(row["reveals"] and status == "ok")
+            per.append(row)
+        outcomes = [1.0 if r["reveals"] else 0.0 for r in per]
+        mean, best = sum(outcomes) / n, max(outcomes)
+        score = mean if self.cfg.reduce == "mean" else best
+        detail = {
+            "outcome": "scored",
+            "instructions": n,
+            "executed": counts["ok"],
+            "failed": counts["failed"],
+            "timeouts": counts["timeout"],
+            "revealing": int(sum(outcomes)),
+            "mean": mean,
+            "max": best,
+            "question_type": scene.question.type,
+            "per_instruction": per,
+        }
+        return score, detail
