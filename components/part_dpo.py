@@ -25,13 +25,12 @@ def prepare_parts(
     """Procedural conditions (train and held-out) and the base generator; returns the shard ids."""
     from genalign.stages import run_stage
 
-    result = run_stage(
+    run_stage(
         "prepare-parts", config, inputs={},
         outputs={"conditions": conditions.path, "eval_conditions": eval_conditions.path, "model": model.path},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
+        metrics_output=metrics,
     )
-    for key, value in result.metrics.items():
-        metrics.log_metric(key, value)
     return list(range(num_shards))
 
 
@@ -50,13 +49,12 @@ def rollout_parts(
     """K samples per condition of one shard: part meshes (GLB), latents and conditioning."""
     from genalign.stages import run_stage
 
-    result = run_stage(
+    run_stage(
         "rollout-parts", config, inputs={"conditions": conditions.path, "model": model.path},
         outputs={"samples": samples.path}, params={"shard": shard, "num_shards": num_shards},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
+        metrics_output=metrics,
     )
-    for key, value in result.metrics.items():
-        metrics.log_metric(key, value)
 
 
 @dsl.component(base_image=images.CPU, install_kfp_package=False)
@@ -71,12 +69,11 @@ def score_samples(
     """Inter-part penetration of every sample."""
     from genalign.stages import run_stage
 
-    result = run_stage(
+    run_stage(
         "score", config, inputs={"samples": samples.path}, outputs={"scored": scored.path},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
+        metrics_output=metrics,
     )
-    for key, value in result.metrics.items():
-        metrics.log_metric(key, value)
 
 
 @dsl.component(base_image=images.CPU, install_kfp_package=False)
@@ -91,12 +88,11 @@ def mine_pairs(
     """Win/loss pairs from all scored shards, with counts of everything dropped and why."""
     from genalign.stages import run_stage
 
-    result = run_stage(
+    run_stage(
         "pairs", config, inputs={"scored": [a.path for a in scored]}, outputs={"pairs": pairs.path},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
+        metrics_output=metrics,
     )
-    for key, value in result.metrics.items():
-        metrics.log_metric(key, value)
 
 
 @dsl.component(base_image=images.CUDA, install_kfp_package=False)
@@ -112,13 +108,12 @@ def train_flow_dpo(
     """Flow-matching DPO of a LoRA/DoRA adapter over the base generator."""
     from genalign.stages import run_stage
 
-    result = run_stage(
+    run_stage(
         "train-flow-dpo", config, inputs={"model": model.path, "pairs": pairs.path},
         outputs={"adapter": adapter.path},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
+        metrics_output=metrics,
     )
-    for key, value in result.metrics.items():
-        metrics.log_metric(key, value)
 
 
 @dsl.component(base_image=images.CUDA, install_kfp_package=False)
@@ -147,11 +142,10 @@ def evaluate_parts(
         inputs={"model": model.path, "adapter": adapter.path, "conditions": conditions.path},
         outputs={"report": report.path},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
+        metrics_output=metrics,
     )
     shutil.copyfile(result.summary["html"], html.path)
     shutil.copyfile(result.summary["markdown"], summary.path)
-    for key, value in result.metrics.items():
-        metrics.log_metric(key, value)
 
 
 @dsl.component(base_image=images.CPU, install_kfp_package=False)

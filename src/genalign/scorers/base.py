@@ -48,8 +48,15 @@ def _penetration(cfg: dict[str, Any]) -> Scorer:
     return PenetrationScorer(PenetrationConfig.from_dict(cfg))
 
 
+def _mllm_judge(cfg: dict[str, Any]) -> Scorer:
+    from genalign.scorers.mllm_judge import MLLMJudge
+
+    return MLLMJudge.from_dict(cfg)
+
+
 SCORERS: dict[str, Callable[[dict[str, Any]], Scorer]] = {
     "penetration": _penetration,
+    "mllm-judge": _mllm_judge,
 }
 
 

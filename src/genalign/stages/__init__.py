@@ -92,9 +92,11 @@ def run_stage(
     outputs: dict[str, str],
     params: dict[str, Any] | None = None,
     tracking: dict[str, str] | None = None,
+    metrics_output: Any = None,
 ) -> StageResult:
     """Validate, track and run one stage. `tracking` = {experiment, pipeline_run, pipeline}
-    opens an MLflow child run under the pipeline's parent; None logs nowhere."""
+    opens an MLflow child run under the pipeline's parent; None logs nowhere.
+    `metrics_output` (a KFP `Output[Metrics]`) receives the stage's metrics too."""
     from genalign.tracking import MlflowTracker, NullTracker
 
     spec = stage_spec(name)
@@ -128,4 +130,7 @@ def run_stage(
     tracker.log_metrics(result.metrics)
     if tracking:
         tracker.end("FINISHED")
+    if metrics_output is not None:
+        for key, value in result.metrics.items():
+            metrics_output.log_metric(key, value)
     return result
