@@ -18,7 +18,7 @@ install: $(STAMP)
 demo: install ## the part-dpo pipeline, tiny preset, through kfp.local with a local MLflow
 	$(VENV)/bin/genalign run part-dpo --preset tiny
 
-test: install ## unit + integration tests
+test: install services ## unit + integration tests (starts PostgreSQL, moto S3 and MLflow on loopback)
 	$(PY) -m pytest -q
 
 test-unit: install
@@ -41,3 +41,4 @@ clean:
 	rm -rf .genalign
 
 include docker/images.mk
+include tests/services.mk
