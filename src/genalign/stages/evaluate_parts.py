@@ -166,7 +166,7 @@ def _write_report(out: Path, cfg, comparison, metrics, base_rows, tuned_rows, tr
         tracker.log_figure(fig, f"plots/{name}")
     n = min(cfg.gallery, len(base_rows))
     objects = [[PartParams.from_dict(p) for p in r["parts"]] for pair in zip(base_rows[:n], tuned_rows[:n]) for r in pair]
-    labels = [f"{r['cond_id']} {tag} pen={r['penetration']:.2f}"
+    labels = [f"{tag} {r['penetration']:.2f}"
               for pair in zip(base_rows[:n], tuned_rows[:n]) for r, tag in zip(pair, ("base", "tuned"))]
     render_gallery(objects, labels, out / "gallery.png", columns=4)
     images = {"penetration": "penetration_hist.png", "paired": "penetration_paired.png",
