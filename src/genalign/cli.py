@@ -50,7 +50,7 @@ def _pairs(items: list[str], flag: str) -> dict[str, list[str]]:
 def cmd_stage(args: argparse.Namespace) -> int:
     import yaml
 
-    from genalign.config.presets import parse_override
+    from genalign.config.presets import apply_overrides
     from genalign.stages import run_stage, stage_spec
 
     spec = stage_spec(args.name)
@@ -62,12 +62,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         config = yaml.safe_load(path.read_text()) or {}
         if not isinstance(config, dict):
             raise ConfigError(f"{path}: expected a mapping")
-    for text in args.set:
-        keys, value = parse_override(text)
-        node = config
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
+    apply_overrides(config, args.set)
     ins = _pairs(args.inputs, "--in")
     inputs = {k: (v if k in spec.list_inputs else v[-1]) for k, v in ins.items()}
     outputs = {k: v[-1] for k, v in _pairs(args.outputs, "--out").items()}

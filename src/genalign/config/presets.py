@@ -65,6 +65,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), yaml.safe_load(raw)
 
 
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides to a nested mapping in place (and return it)."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {k} is not a mapping")
+        node[keys[-1]] = value
+    return data
+
+
 def load_preset(pipeline: str, preset: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The validated, fully explicit arguments of `pipeline` for `preset` (+ overrides)."""
     import yaml
@@ -78,14 +91,7 @@ def load_preset(pipeline: str, preset: str = "tiny", overrides: list[str] | tupl
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {text!r}: {k} is not a mapping")
-        node[keys[-1]] = value
+    apply_overrides(data, overrides)
     sections, scalars = PIPELINE_SECTIONS[pipeline], PIPELINE_SCALARS[pipeline]
     unknown = sorted(set(data) - set(sections) - set(scalars))
     if unknown:

@@ -32,7 +32,7 @@ def measure(gen, conditions: list[Condition], cond_dir: Path, cfg: EvaluateParts
     from genalign.config.score import PenetrationConfig
     from genalign.data.parts import object_from_dict
     from genalign.evaluation.geometry import guard_metrics
-    from genalign.models.part_codec import decode_object, decode_parts, part_mesh, save_glb
+    from genalign.models.part_codec import decode_parts, part_mesh, save_glb
     from genalign.scorers.penetration import score_object
     from genalign.stages.rollout_parts import generate
 
@@ -45,7 +45,8 @@ def measure(gen, conditions: list[Condition], cond_dir: Path, cfg: EvaluateParts
     for c, k, seed, latent in results:
         gt = object_from_dict(json.loads((cond_dir / c.meta["gt"]).read_text()))
         gt_meshes = [part_mesh(p) for p in gt.parts]
-        meshes = decode_object(latent.numpy())
+        parts = decode_parts(latent.numpy())
+        meshes = [part_mesh(p) for p in parts]
         if out is not None:
             save_glb(meshes, out / "samples" / tag / f"{c.id}-k{k}.glb")
         pen = score_object(meshes, score_cfg)
@@ -53,7 +54,7 @@ def measure(gen, conditions: list[Condition], cond_dir: Path, cfg: EvaluateParts
         rows.append({
             "cond_id": c.id, "k": k, "seed": seed, "category": c.class_, "penetration": pen.score,
             "penetration_mean_pairs": pen.detail["penetration_mean"], **guard,
-            "parts": [p.to_dict() for p in decode_parts(latent.numpy())],
+            "parts": [p.to_dict() for p in parts],
         })
     return rows
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from genalign.config.part_dpo import RegisterConfig
 from genalign.stages import StageResult
 from genalign.storage import atomic_dir, atomic_write_json, read_manifest, write_manifest
-from genalign.tracking import PIPELINE_RUN_TAG, MlflowTracker, Tracker
+from genalign.tracking import PIPELINE_RUN_TAG, MlflowTracker, Tracker, register_model_version
 
 
 def run(cfg: RegisterConfig, *, adapter: Path, report: Path, pairs: Path, registration: Path,
@@ -53,8 +53,6 @@ def run(cfg: RegisterConfig, *, adapter: Path, report: Path, pairs: Path, regist
     aliases = list(cfg.aliases)
     if gate["passed"] or not cfg.require_gate:
         aliases.append(cfg.champion_alias)
-    from genalign.tracking import register_model_version
-
     version = register_model_version(
         tracker, name=cfg.model_name, artifact_path="adapter", tags=tags, aliases=aliases,
         description=f"{meta.get('method', '')} adapter over {meta.get('base_model', '')}",
