@@ -6,4 +6,7 @@ with a cluster profile's settings applied (none for `genalign run`). Compiled IR
 pipeline (tiny preset, no profile) is kept in `pipelines/compiled/<name>.yaml`.
 """
 
-PIPELINE_MODULES = {"part-dpo": "pipelines.part_dpo:make_part_dpo"}
+PIPELINE_MODULES = {
+    "part-dpo": "pipelines.part_dpo:make_part_dpo",
+    "planner-dpo": "pipelines.planner_dpo:make_planner_dpo",
+}

@@ -27,14 +27,22 @@ if TYPE_CHECKING:
     from genalign.config.cluster import ClusterProfile
 
 
-def _pipeline_function(name: str, profile: dict | None = None):
-    """The pipeline `name`, built with `profile` (a checked ClusterProfile as a dict) or none."""
+def _pipeline_function(name: str, profile: dict | None = None, arguments: dict | None = None,
+                       resume: dict | None = None):
+    """The pipeline `name`, built with `profile` (a checked ClusterProfile as a dict) or none,
+    in the shape `arguments` ask for (`pipeline_structure`), resuming an earlier run if asked."""
+    from genalign.config.presets import pipeline_structure
     from pipelines import PIPELINE_MODULES
 
     if name not in PIPELINE_MODULES:
         raise ConfigError(f"unknown pipeline {name!r}; valid pipelines: {sorted(PIPELINE_MODULES)}")
     module, _, attr = PIPELINE_MODULES[name].partition(":")
-    return getattr(importlib.import_module(module), attr)(profile)
+    structure = pipeline_structure(name, arguments or {})
+    if resume is not None:
+        if "iterations" not in structure:
+            raise ConfigError(f"--resume-from: {name} has no iterations to resume")
+        structure["resume"] = resume
+    return getattr(importlib.import_module(module), attr)(profile, **structure)
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, list[str]]:
@@ -113,7 +121,8 @@ def _load_profile(path: str | None, pipeline: str) -> ClusterProfile | None:
     return profile
 
 
-def _compile(pipeline: str, arguments: dict[str, Any], profile: ClusterProfile | None, out: Path) -> None:
+def _compile(pipeline: str, arguments: dict[str, Any], profile: ClusterProfile | None, out: Path,
+             resume: dict | None = None) -> None:
     """Writes the IR YAML of `pipeline` with `arguments` as parameter defaults, reproducibly.
 
     kfp writes a header comment listing the parameters with their defaults in protobuf
@@ -125,7 +134,7 @@ def _compile(pipeline: str, arguments: dict[str, Any], profile: ClusterProfile |
     from kfp import compiler
     from kfp.compiler import pipeline_spec_builder
 
-    func = _pipeline_function(pipeline, profile.to_dict() if profile else None)
+    func = _pipeline_function(pipeline, profile.to_dict() if profile else None, arguments, resume)
     compiler.Compiler().compile(func, str(out), pipeline_parameters=arguments)
     lines = out.read_text().splitlines(keepends=True)
     first = next(i for i, line in enumerate(lines) if not line.startswith("#"))
@@ -322,6 +331,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     arguments = load_preset(args.pipeline, args.preset, args.set)
     uri = tracking_uri()
+    resume = _resume(args, arguments, uri)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # every task of the local run logs to the same store
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # kfp.local runs the shards of a ParallelFor side by side; one thread each avoids
@@ -335,7 +345,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     before = set(root.iterdir())
     started = time.time()
-    _pipeline_function(args.pipeline)(**arguments)
+    pipeline = _pipeline_function(args.pipeline, None, arguments, resume)
+    try:
+        pipeline(**arguments)
+    except RuntimeError:
+        _print_resume_hint(args, arguments, started)
+        raise
     new = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
     if not new:
         raise RuntimeError(f"the local run left nothing under {root}")
@@ -344,10 +359,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume(args: argparse.Namespace, arguments: dict[str, Any], uri: str) -> dict | None:
+    """The resume plan of --resume-from/--resume-iter (read from MLflow), or None."""
+    if args.resume_from is None and args.resume_iter is None:
+        return None
+    if args.resume_from is None or args.resume_iter is None:
+        raise ConfigError("--resume-from and --resume-iter go together")
+    from genalign.resume import resume_plan
+
+    experiment = arguments.get("experiment") or f"genalign-{args.pipeline}"
+    plan = resume_plan(experiment, args.resume_from, args.resume_iter)
+    print(f"resuming run {args.resume_from} at iteration {args.resume_iter}; imported: {sorted(plan['uris'])}")
+    return plan
+
+
+def _print_resume_hint(args: argparse.Namespace, arguments: dict[str, Any], started: float) -> None:
+    """After a failed local run: its run id and the command that resumes it."""
+    from genalign.config.presets import pipeline_structure
+    from genalign.tracking import PIPELINE_RUN_TAG, _client
+
+    if "iterations" not in pipeline_structure(args.pipeline, arguments):
+        return
+    client = _client()
+    exp = client.get_experiment_by_name(arguments.get("experiment") or f"genalign-{args.pipeline}")
+    if exp is None:
+        return
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.start_time >= {int(started * 1000)}",
+                              order_by=["attributes.start_time ASC"], max_results=1)
+    if runs and PIPELINE_RUN_TAG in runs[0].data.tags:
+        run_id = runs[0].data.tags.get(PIPELINE_RUN_TAG) or runs[0].data.tags.get(PIPELINE_RUN_TAG + ".child")
+        print(f"genalign: the run failed; pipeline run id {run_id}. Resume from the first unfinished iteration k "
+              f"with: genalign run {args.pipeline} --preset {args.preset} --resume-from {run_id} --resume-iter k",
+              file=sys.stderr)
+
+
 def print_run_summary(pipeline: str, run_dir: Path, uri: str, seconds: float) -> None:
     """The before/after table, the registered version, where the report is, how to look."""
     report = run_dir / "evaluate-parts" / "report"
     registration = run_dir / "register-adapter" / "registration" / "registration.json"
+    if pipeline == "planner-dpo":  # the last iteration's cumulative report
+        reports = sorted(run_dir.glob("evaluate-planner*/report/report.json"),
+                         key=lambda p: json.loads(p.read_text())["iteration"])
+        report = reports[-1].parent if reports else run_dir / "evaluate-planner" / "report"
+        registration = run_dir / "register-planner" / "registration" / "registration.json"
     print()
     print(f"== {pipeline}: finished in {seconds / 60:.1f} min; artifacts under {run_dir}")
     if (report / "table.txt").is_file():
@@ -374,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", help="configs/<pipeline>/<preset>.yaml or a YAML path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.beta=500")
     p.add_argument("--pipeline-root", default=".genalign/kfp", help="where kfp.local keeps artifacts")
+    p.add_argument("--resume-from", metavar="RUN", help="iterative pipelines: the pipeline run id to continue")
+    p.add_argument("--resume-iter", metavar="K", type=int,
+                   help="with --resume-from: start at iteration K, importing iterations < K")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="compile a pipeline to IR YAML")

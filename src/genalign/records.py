@@ -253,7 +253,8 @@ class Sample(_Row):
 
     `output` is what the policy produced in JSON form: a small dict for a 3D generator
     ({"num_parts": 3}; the latent and meshes are files), the text for a text policy.
-    `status` "failed" means no usable output exists (`error` says why).
+    `status` "failed" means no usable output exists (`error` says why). `meta` is free-form
+    context a later stage needs (a planner's prompt and the executions of its instructions).
     """
 
     sample_id: str
@@ -264,6 +265,7 @@ class Sample(_Row):
     status: str
     files: dict[str, str] = dataclasses.field(default_factory=dict)
     error: str | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     _checks = (
         ("sample_id", "sample_id", _is_nonempty_str),
@@ -274,6 +276,7 @@ class Sample(_Row):
         ("files", "files", _is_str_map),
         ("status", "status", _is_status),
         ("error", "error", _is_opt_str),
+        ("meta", "meta", _is_json_object),
     )
     id_field = "sample_id"
 
@@ -297,6 +300,7 @@ class ScoredSample(_Row):
     scorer: str
     files: dict[str, str] = dataclasses.field(default_factory=dict)
     error: str | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     detail: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     _checks = Sample._checks + (
@@ -325,6 +329,7 @@ class ScoredSample(_Row):
             status=sample.status,
             files=dict(sample.files),
             error=sample.error,
+            meta=dict(sample.meta),
             score=score,
             scorer=scorer,
             detail=dict(detail or {}),

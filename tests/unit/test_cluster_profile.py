@@ -100,8 +100,10 @@ def test_unknown_stage_lists_the_valid_stages(tmp_path):
                        r"\['prepare-parts', 'rollout-parts', 'train-flow-dpo'\]"):
         load_profile(path, stages=STAGES)
     # by default: the stage table of `genalign stages`
-    with pytest.raises(ConfigError, match=r"valid stages are \['evaluate-parts', 'pairs', 'prepare-parts', "
-                       r"'register', 'rollout-parts', 'score', 'train-flow-dpo'\]"):
+    with pytest.raises(ConfigError, match=r"valid stages are \['accumulate-pairs', 'evaluate-parts', "
+                       r"'evaluate-planner', 'execute-plans', 'label-plans', 'pairs', 'prepare-parts', "
+                       r"'prepare-planner', 'register', 'rollout-parts', 'rollout-planner', 'score', "
+                       r"'shard-planner', 'train-flow-dpo', 'train-planner'\]"):
         load_profile(path)
 
 

@@ -153,7 +153,7 @@ def test_the_example_profile_of_k8s_compiles(tmp_path):
 
 
 @pytest.mark.parametrize("stages, message", [
-    ("train: {gpus: 1}", "stages: unknown stage(s) ['train']; valid stages are ['evaluate-parts', 'pairs'"),
+    ("train: {gpus: 1}", "stages: unknown stage(s) ['train']; valid stages are ['accumulate-pairs', 'evaluate-parts'"),
     ("train-flow-dpo: {gpus: 8, nodes: 2}", "nodes {'train-flow-dpo': 2}: part-dpo runs each stage in one pod"),
 ])
 def test_compile_rejects_a_profile_it_cannot_honour(tmp_path, capsys, stages, message):

@@ -1,5 +1,5 @@
-"""Synthetic spatial-QA scenes: determinism, the row format, the one-view-reveals design,
-the renderer, and the MMSI-Bench-format loader."""
+"""Synthetic spatial-QA scenes: determinism, the row format, the per-question-type design
+of revealing views, the renderer, and the MMSI-Bench-format loader."""
 
 import dataclasses
 import json
@@ -11,6 +11,7 @@ import pytest
 
 from genalign.config.base import ConfigError
 from genalign.config.planner_world import QUESTION_TYPES, SpatialDataConfig
+from genalign.data import spatial_scenes
 from genalign.data.mmsi import MMSIError, load_mmsi
 from genalign.data.spatial_scenes import (
     SceneError,
@@ -20,7 +21,16 @@ from genalign.data.spatial_scenes import (
     make_spatial_samples,
 )
 from genalign.executors.render_view import instruction_vocabulary, parse_instruction
-from genalign.render.scenes import DIRECTIONS, VIEWS, render_scene, view_camera
+from genalign.render.parts_image import _camera_rays
+from genalign.render.scenes import (
+    DIRECTIONS,
+    VIEWS,
+    _hits,
+    _rays,
+    render_scene,
+    view_camera,
+    visibility,
+)
 from genalign.scorers.scene_oracle import SceneOracle
 
 N_SCENES = 60  # 15 of each question type
@@ -39,6 +49,31 @@ def written(tmp_path_factory):
 
 def family(direction):
     return {direction, f"{direction}-high", f"{direction}-low"}
+
+
+# The module docstring's table: one family of views per question type.
+DESIGNED = {
+    "behind": family("back"),
+    "left_of": family("left"),
+    "right_of": family("right"),
+    "above": {"top", *(f"{d}-high" for d in DIRECTIONS)},
+}
+
+
+def resting(o, objects):
+    """Whether o stands on the floor or on another object's top."""
+    return abs(o.bottom) < 1e-9 or any(
+        abs(o.bottom - b.top) < 1e-9
+        and all(abs(o.center[k] - b.center[k]) <= b.half_extents[k] for k in (0, 2))
+        for b in objects
+        if b is not o
+    )
+
+
+def footprints_overlap(a, b):
+    return all(
+        abs(a.center[k] - b.center[k]) < a.half_extents[k] + b.half_extents[k] for k in (0, 2)
+    )
 
 
 # ---------------------------------------------------------------- determinism and format
@@ -96,14 +131,14 @@ def test_front_image_is_the_front_render(written):
 
 def test_objects_are_distinct_solid_and_inside_the_frame(scenes):
     for s in scenes:
-        assert 3 <= len(s.objects) <= 5
+        assert 3 <= len(s.objects) <= 6
         assert len({o.color for o in s.objects}) == len(s.objects)  # names and colours unique
         for o in s.objects:
             assert (
                 max(abs(o.center[0]) + o.half_extents[0], abs(o.center[2]) + o.half_extents[2])
                 <= 1.3
             )
-            assert o.bottom >= -1e-9
+            assert o.bottom >= -1e-9 and o.top <= 1.2
         for i, a in enumerate(s.objects):  # no two objects interpenetrate (touching is fine)
             for b in s.objects[i + 1 :]:
                 gaps = [
@@ -153,19 +188,48 @@ def test_exactly_the_designed_views_reveal_the_answer(scenes):
 
 
 def test_the_designs_per_question_type(scenes):
+    """Each type has its own family of views; 'top' reveals only what lies on X's top."""
+    oracle = SceneOracle()
     by_type = {t: [s for s in scenes if s.question.type == t] for t in QUESTION_TYPES}
     assert all(len(v) == N_SCENES // 4 for v in by_type.values())
-    for s in by_type["behind"]:
-        views = set(s.reveal_views)
-        assert family("back") | {"top"} <= views
-        assert (family("left") <= views) != (family("right") <= views)  # one side is blocked
-        assert not views & family("front")
-    for qtype, side, other in (("left_of", "left", "right"), ("right_of", "right", "left")):
-        for s in by_type[qtype]:
-            views = set(s.reveal_views)
-            assert family(side) | {"top"} <= views and not views & (family(other) | family("front"))
-    for s in by_type["above"]:
-        assert set(s.reveal_views) == {"top", *(f"{d}-high" for d in DIRECTIONS)}
+    for s in scenes:
+        assert set(s.reveal_views) == DESIGNED[s.question.type], s.id
+        assert oracle.view_reveals(s, "top") == (s.question.type == "above"), s.id
+
+
+def test_a_canopy_hides_the_answer_from_the_top_and_is_never_an_option(scenes):
+    for s in scenes:
+        q = s.question
+        floating = [o for o in s.objects if not resting(o, s.objects)]
+        options = {o[3:] for o in q.options}
+        if q.type == "above":
+            assert not floating, s.id
+            continue
+        assert len(floating) == 1, s.id
+        (canopy,) = floating
+        answer = s.object(q.answer_object)
+        assert canopy.shape == "cylinder" and canopy.half_extents[0] >= 0.4, s.id
+        assert all(abs(answer.center[k] - canopy.center[k]) < 0.05 for k in (0, 2)), s.id
+        assert canopy.name not in options
+        under = [o for o in s.objects if o is not canopy and footprints_overlap(o, canopy)]
+        assert canopy.bottom > max(o.top for o in under), s.id
+        # No distractor stands under it: only X, the answer and the blockers do.
+        assert not {o.name for o in under} & options - {q.answer_object}, s.id
+
+
+def test_rejection_sampling_is_cheap(monkeypatch):
+    """A few draws per scene reach the oracle check (each renders ~25 views)."""
+    checks = []
+    matches = spatial_scenes._matches_design
+
+    def counted(scene):
+        checks.append(scene.id)
+        return matches(scene)
+
+    monkeypatch.setattr(spatial_scenes, "_matches_design", counted)
+    ids = [make_scene(i, seed=2).id for i in range(40)]
+    per_scene = [checks.count(i) for i in ids]
+    assert statistics.mean(per_scene) <= 1.6 and max(per_scene) <= 10, per_scene
 
 
 def test_config_is_checked():
@@ -192,7 +256,9 @@ def test_load_scene_names_file_and_field(tmp_path, scenes):
     d = scenes[0].to_dict()
     d["question"]["answer"] = "E"
     path.write_text(json.dumps(d))
-    with pytest.raises(SceneError, match=r"question\.answer: expected one of \['A', 'B', 'C', 'D'\]"):
+    with pytest.raises(
+        SceneError, match=r"question\.answer: expected one of \['A', 'B', 'C', 'D'\]"
+    ):
         load_scene(path)
     with pytest.raises(SceneError, match="not found"):
         load_scene(tmp_path / "absent.json")
@@ -214,6 +280,23 @@ def test_renders_every_view_fast(scenes):
         times.append(time.perf_counter() - t0)
     # ~10 ms on one core; the bound leaves room for a loaded machine.
     assert statistics.median(times) < 0.1
+
+
+def test_rays_and_visibility_match_the_reference_computation(scenes):
+    """Rays by rotation equal `parts_image._camera_rays`; counting a few objects equals
+    the rows of a full object-id buffer."""
+    s = scenes[1]
+    for view in [*VIEWS, f"zoom-in:{s.objects[1].name}", f"zoom-out:{s.objects[0].name}"]:
+        cam = view_camera(view, s.objects)
+        eye, dirs = _camera_rays(cam, 64)
+        assert np.allclose(_rays(cam, 64)[1], dirs, rtol=0.0, atol=1e-12), view
+        t_all, _ = _hits(s.objects, eye, dirs, with_normals=False)  # [K, N]
+        nearest = np.argmin(t_all, axis=0)[np.isfinite(t_all.min(axis=0))]
+        full = np.stack(
+            [np.bincount(nearest, minlength=len(s.objects)), np.isfinite(t_all).sum(axis=1)], 1
+        )
+        assert np.array_equal(visibility(s.objects, cam, 64), full), view
+        assert np.array_equal(visibility(s.objects, cam, 64, of=(1, 0)), full[[1, 0]]), view
 
 
 def test_zoom_frames_the_object(scenes):

@@ -56,6 +56,16 @@ class LMDPOConfig(Config):
         0.0, help="Label smoothing of the robust and exo_pair losses (trl's label_smoothing)."
     )
 
+    # Iterative RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization"): DPO
+    # plus the NLL of the chosen answer (weight 1 there) keeps the chosen outputs' likelihood
+    # from falling with the rejected ones', which on-policy iterations otherwise amplify.
+    sft_weight: float = field(
+        0.0,
+        help="Weight of the negative log-likelihood of the chosen completion added to the DPO "
+        "loss (trl's loss_type [<loss_type>, 'sft'] with loss_weights [1, sft_weight]); 0 = "
+        "plain DPO, 1 = iterative RPO.",
+    )
+
     # --- what is trained ----------------------------------------------------------------
     adapter: Literal["lora", "dora", "full"] = field(
         "lora",
@@ -167,6 +177,10 @@ class LMDPOConfig(Config):
                 raise ValueError(f"{name}: expected a number > 0, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a number in [0, 1), got {self.dropout!r}")
+        if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
+            raise ValueError(f"sft_weight: expected a number >= 0, got {self.sft_weight!r}")
+        if self.sft_weight > 0 and self.loss_type == "sft":
+            raise ValueError("sft_weight: loss_type is already 'sft'; set sft_weight to 0")
         if not 0.0 <= self.weak_pair_weight <= 1.0:
             raise ValueError(
                 f"weak_pair_weight: expected a number in [0, 1], got {self.weak_pair_weight!r}"

@@ -42,3 +42,35 @@ class PlannerSamplingConfig(Config):
             raise ValueError(
                 f"temperature: expected a finite number >= 0, got {self.temperature!r}"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannerSFTConfig(Config):
+    """Warm start of a planner: supervised fine-tuning on well-formed plans whose
+    instructions are drawn at random from the executor's vocabulary
+    (`genalign.trainers.planner_sft`). The planner learns the plan format, not which view
+    helps: that is left for DPO to find."""
+
+    examples_per_row: int = field(4, help="Random plans written per dataset row.")
+    min_instructions: int = field(1, help="Fewest instructions in a warm-start plan.")
+    max_instructions: int = field(2, help="Most instructions in a warm-start plan.")
+    steps: int = field(300, help="Optimizer steps (full fine-tuning of every weight).")
+    batch_size: int = field(16, help="Examples per step.")
+    lr: float = field(2e-3, help="Peak AdamW learning rate (linear warmup, cosine decay).")
+    warmup_steps: int = field(20, help="Steps of linear learning-rate warmup.")
+    weight_decay: float = field(0.0, help="AdamW decoupled weight decay.")
+    seed: int = field(0, help="Seed of the plans drawn, the data order and the model's init.")
+
+    def __post_init__(self) -> None:
+        for name in ("examples_per_row", "min_instructions", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {getattr(self, name)}")
+        if self.max_instructions < self.min_instructions:
+            raise ValueError(
+                f"max_instructions ({self.max_instructions}) < min_instructions "
+                f"({self.min_instructions})"
+            )
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError("warmup_steps and weight_decay must be >= 0")

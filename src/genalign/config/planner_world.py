@@ -29,11 +29,12 @@ class SpatialDataConfig(Config):
     # merged 28-pixel patches: the smallest image it takes as is.
     image_size: int = field(56, help="Side in pixels of the initial front-view PNG.")
     supersample: int = field(2, help="Rays per pixel side of the front-view image (anti-aliasing).")
-    # Scenes hold 3-5 objects; the extra ones are distractors for the options.
+    # Scenes hold 3-6 objects; the free ones are distractors for the options.
     max_distractors: int = field(
         2,
-        help="At most this many free distractor objects besides the designed ones (1 or 2; "
-        "an 'above' scene always gets at least one, to hold 3 objects).",
+        help="Free distractor objects besides the designed ones: 1 up to this many (1 or 2), "
+        "at most 6 objects in all, so behind/left_of/right_of scenes (5 designed objects: "
+        "X, the answer, two blockers, a canopy) get one and 'above' scenes (2) one or two.",
     )
     # Rejection sampling: a scene is redrawn until every view agrees with its design.
     max_tries: int = field(
@@ -54,7 +55,7 @@ class SpatialDataConfig(Config):
             raise ValueError(f"supersample must be in [1, 8], got {self.supersample}")
         if not 1 <= self.max_distractors <= 2:
             raise ValueError(
-                f"max_distractors must be in [1, 2] (scenes hold 3-5 objects), "
+                f"max_distractors must be in [1, 2] (scenes hold 3-6 objects), "
                 f"got {self.max_distractors}"
             )
         if self.max_tries < 1:

@@ -25,10 +25,31 @@ PIPELINE_SECTIONS: dict[str, dict[str, str]] = {
         "evaluate": "genalign.config.part_dpo:EvaluatePartsConfig",
         "register": "genalign.config.part_dpo:RegisterConfig",
     },
+    "planner-dpo": {
+        "prepare": "genalign.config.planner_dpo:PreparePlannerConfig",
+        "shard": "genalign.config.planner_dpo:ShardConfig",
+        "rollout": "genalign.config.planner_dpo:RolloutPlannerConfig",
+        "execute": "genalign.config.planner_dpo:ExecuteConfig",
+        "label": "genalign.config.planner_dpo:LabelConfig",
+        "pairs": "genalign.config.pairs:PairsConfig",
+        "accumulate": "genalign.config.planner_dpo:AccumulateConfig",
+        "train": "genalign.config.planner_dpo:TrainPlannerConfig",
+        "evaluate": "genalign.config.planner_dpo:EvaluatePlannerConfig",
+        "register": "genalign.config.part_dpo:RegisterConfig",
+    },
 }
 PIPELINE_SCALARS: dict[str, dict[str, type]] = {
     "part-dpo": {"experiment": str, "num_shards": int},
+    "planner-dpo": {"experiment": str, "subshards": int},
 }
+
+
+def pipeline_structure(pipeline: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """What the pipeline's shape depends on, fixed when it is compiled: planner-dpo unrolls
+    one round per shard (`shard.num_shards` iterations)."""
+    if pipeline == "planner-dpo":
+        return {"iterations": int(arguments["shard"].get("num_shards", 5))}
+    return {}
 
 
 def configs_dir() -> Path:

@@ -1,22 +1,37 @@
 """Procedural spatial-QA scenes for the planner-dpo tiny preset: the front view hides the answer.
 
-A scene is 3-5 coloured primitives ("red cube", "blue sphere", "green cylinder"; every
-object its own colour) on the floor, and one multiple-choice question about a relation
-to a reference object X. The answer object is placed so the front camera cannot show
-it, and the scene is built so that a known set of viewpoints does (`reveal_views`):
+A scene is 3-6 coloured primitives ("red cube", "blue sphere", "green cylinder"; every
+object its own colour) and one multiple-choice question about a relation to a reference
+object X. The answer object is placed so the front camera cannot show it, and the scene
+is built so that a known set of viewpoints does (`reveal_views`). Which views those are
+depends on the question, with little overlap between question types, so a planner has
+to read the question to choose a view:
 
 | question | layout | revealing views |
 |---|---|---|
-| behind: "What is directly behind the X?" | a small object right behind a tall X; a tall blocker beside it on one side | back, back-high, back-low, top, and the three views from the side without the blocker |
-| left_of / right_of: "What is directly to the left of the X?" | a small object beside a tall X, hidden from the front by a tall object in front of it; sometimes another blocker behind it | the three views from that side, top, and the back views when nothing blocks them |
+| behind: "What is directly behind the X?" | a small object right behind a tall X, a tall blocker on each side of it, a canopy over it | back, back-high, back-low |
+| left_of: "What is directly to the left of the X?" | a small object beside a tall X, a tall blocker in front of it and one behind it, a canopy over it | left, left-high, left-low |
+| right_of: "What is directly to the right of the X?" | the mirror image of left_of | right, right-high, right-low |
 | above: "What is on top of the X?" | a flat disc (cylinder) on X's top | top and the four high-angle views (they look down on X's top) |
 
-Zoom instructions keep the front camera's eye, so they never reveal. Every draw is
-checked with the scene oracle's rule (`genalign.scorers.scene_oracle`) over every view
-of the vocabulary, with a margin (it must hold for thresholds well below and above the
-defaults), and redrawn until it matches its design. The four options are the answer,
-one or two other objects of the scene that do not stand in the relation, and names of
-absent objects; blockers are never options (they stand near the relation).
+The canopy is a thin wide disc (radius 0.42-0.48, 0.04 thick) floating 0.06-0.12 above
+the tallest object under it (its top stays below 1.2): the straight-down top camera
+cannot see the answer under it, eye-level, low and 35-degree views see under its rim.
+Zoom instructions keep the front camera's eye, so they never reveal.
+
+Measured on 200 scenes (50 of each type, seed 11: tests/unit/test_executor_oracle.py): a
+high-angle view from the back, left or right reveals 50% of the answers (its own type
+and 'above'); back, back-low, left, left-low, right, right-low, top and front-high 25%
+(one type each); front and front-low none. A uniformly random instruction of the
+vocabulary (13 views and a zoom in and out on each object) reveals 15%; the
+question-aware choice (behind: back, left_of: left, right_of: right, above: top) 100%.
+
+Every draw is checked with the scene oracle's rule (`genalign.scorers.scene_oracle`)
+over every view of the vocabulary, with a margin (it must hold for thresholds well below
+and above the defaults), and redrawn until it matches its design. The four options are
+the answer, one or two other objects of the scene that do not stand in the relation,
+and names of absent objects; blockers and canopies are never options (they stand near
+the relation).
 
     >>> from genalign.data.spatial_scenes import make_spatial_samples
     >>> rows = make_spatial_samples(100, seed=0, out_dir=Path("data"))  # writes scenes/, images/
@@ -53,6 +68,9 @@ SCENE_SCHEMA = 1
 LETTERS = "ABCD"
 # The scene stays inside this square so every view frames every object.
 _HALF_WORLD = 1.3
+# Behind and beside designs hold 5 objects and get one free distractor for the options;
+# more would slow the rejection sampler (each object adds two zoom views to check).
+_MAX_OBJECTS = 6
 
 
 class SceneError(ValueError):
@@ -199,7 +217,7 @@ class _Draft:
     shapes: list[tuple[str, tuple[float, float, float], tuple[float, float, float]]]
     reference: int  # index into shapes
     answer: int
-    blockers: list[int]  # never options
+    blockers: list[int]  # and the canopy: never options
     reveal_views: set[str]
 
 
@@ -229,46 +247,69 @@ def _small(rng: np.random.Generator):
     return shape, rng.uniform(0.13, 0.18), rng.uniform(0.13, 0.2)
 
 
+def _canopy(rng: np.random.Generator, hidden, below: list):
+    """A thin wide disc over `hidden`, 0.06-0.12 above the tallest shape of `below` under it.
+
+    It hides `hidden` (at most 0.4 high) from the top camera, which looks straight down.
+    Under it stands a tall X (0.76 high at least), so the disc is 0.4 or more above the
+    hidden top: a ray from a 35-degree eye meets that height 0.6 further out, past the
+    rim (the disc's radius is at most 0.52 from the hidden centre, the hidden top's
+    near edge 0.2); eye-level and low rays stay below the disc.
+    """
+    r = rng.uniform(0.42, 0.48)
+    h = 0.02
+    cx = hidden[1][0] + rng.uniform(-0.04, 0.04)
+    cz = hidden[1][2] + rng.uniform(-0.04, 0.04)
+    disc = ("cylinder", (cx, 0.0, cz), (r, h, r))
+    under = [s for s in below if not _apart(disc, s, 0.0)]
+    bottom = max(s[1][1] + s[2][1] for s in under) + rng.uniform(0.06, 0.12)
+    return ("cylinder", (cx, bottom + h, cz), (r, h, r))
+
+
 def _behind(rng: np.random.Generator) -> _Draft:
-    x = _big(rng, rng.uniform(-0.35, 0.35), rng.uniform(0.0, 0.45))
+    # X near the middle: the blockers span up to 2.4 across it, and the canopy over Y
+    # reaches 0.5 behind Y, all inside the square.
+    x = _big(rng, rng.uniform(-0.2, 0.2), rng.uniform(0.1, 0.5))
     shape, half, half_h = _small(rng)
     yx = x[1][0] + rng.uniform(-0.08, 0.08)
     yz = x[1][2] - x[2][2] - rng.uniform(0.05, 0.15) - half
     y = _on_floor(shape, yx, yz, half, half_h)
-    side = str(rng.choice(["left", "right"]))
-    sign = -1.0 if side == "left" else 1.0
-    # The blocker's front face is no nearer to X than Y's, so from the side it covers
-    # Y's whole depth, and it stays clear of X.
-    b_half = rng.uniform(0.32, 0.42)
-    bz = x[1][2] - x[2][2] - rng.uniform(0.03, 0.05) - b_half
-    b = _big(rng, yx + sign * (half + rng.uniform(0.1, 0.2) + b_half), bz, b_half, b_half)
-    open_side = "right" if side == "left" else "left"
-    views = _family("back") | {"top"} | _family(open_side)
-    return _Draft("behind", [x, y, b], reference=0, answer=1, blockers=[2], reveal_views=views)
+    shapes = [x, y]
+    # A blocker on each side; its front face is no nearer to X than Y's, so from the
+    # side it covers Y's whole depth, and it stays clear of X.
+    for sign in (-1.0, 1.0):
+        b_half = rng.uniform(0.3, 0.4)
+        bz = x[1][2] - x[2][2] - rng.uniform(0.03, 0.05) - b_half
+        bx = yx + sign * (half + rng.uniform(0.06, 0.15) + b_half)
+        shapes.append(_big(rng, bx, bz, b_half, b_half))
+    shapes.append(_canopy(rng, y, shapes))
+    return _Draft(
+        "behind", shapes, reference=0, answer=1, blockers=[2, 3, 4], reveal_views=_family("back")
+    )
 
 
 def _beside(qtype: str, rng: np.random.Generator) -> _Draft:
     side = "left" if qtype == "left_of" else "right"
     sign = -1.0 if side == "left" else 1.0
-    x = _big(rng, -sign * rng.uniform(0.15, 0.35), rng.uniform(-0.35, 0.05))
+    # X near the middle in depth: with a blocker in front and one behind, the row is up
+    # to 2.8 deep, and the draws deeper than the square (2.6) are redrawn.
+    x = _big(rng, -sign * rng.uniform(0.15, 0.35), rng.uniform(-0.2, 0.1))
     shape, half, half_h = _small(rng)
     yx = x[1][0] + sign * (x[2][0] + rng.uniform(0.05, 0.15) + half)
     yz = x[1][2] + rng.uniform(-0.08, 0.08)
     y = _on_floor(shape, yx, yz, half, half_h)
-    # The blocker in front (and the one behind) stand clear of X's front (back) face too.
+    # The blockers in front and behind stand clear of X's front and back faces too.
     w_half = rng.uniform(0.32, 0.42)
     wz = max(yz + half, x[1][2] + x[2][2]) + rng.uniform(0.05, 0.12) + w_half
     w = _big(rng, yx + rng.uniform(-0.06, 0.06), wz, w_half, w_half)
-    shapes, blockers, views = [x, y, w], [2], _family(side) | {"top"}
-    if rng.random() < 0.4:
-        v_half = rng.uniform(0.3, 0.38)
-        vz = min(yz - half, x[1][2] - x[2][2]) - rng.uniform(0.05, 0.12) - v_half
-        v = _big(rng, yx + rng.uniform(-0.06, 0.06), vz, v_half, v_half)
-        shapes.append(v)
-        blockers.append(3)
-    else:
-        views |= _family("back")
-    return _Draft(qtype, shapes, reference=0, answer=1, blockers=blockers, reveal_views=views)
+    v_half = rng.uniform(0.3, 0.38)
+    vz = min(yz - half, x[1][2] - x[2][2]) - rng.uniform(0.05, 0.12) - v_half
+    v = _big(rng, yx + rng.uniform(-0.06, 0.06), vz, v_half, v_half)
+    shapes = [x, y, w, v]
+    shapes.append(_canopy(rng, y, shapes))
+    return _Draft(
+        qtype, shapes, reference=0, answer=1, blockers=[2, 3, 4], reveal_views=_family(side)
+    )
 
 
 def _above(rng: np.random.Generator) -> _Draft:
@@ -318,7 +359,8 @@ def _apart(a, b, margin: float) -> bool:
 
 
 def _solid(draft: _Draft) -> bool:
-    """No two designed objects interpenetrate (the disc of an 'above' scene rests on X)."""
+    """No two designed objects interpenetrate (the disc of an 'above' scene rests on X, a
+    canopy floats above what it covers)."""
     for i, (_, a, ah) in enumerate(draft.shapes):
         for _, b, bh in draft.shapes[i + 1 :]:
             gap = max(abs(a[k] - b[k]) - ah[k] - bh[k] for k in range(3))
@@ -412,11 +454,14 @@ def make_scene(index: int, seed: int, cfg: SpatialDataConfig | None = None) -> S
         draft = _DESIGNS[qtype](rng)
         if not all(_inside_world(s) for s in draft.shapes) or not _solid(draft):
             continue
-        core = len(draft.shapes)
-        n_free = int(rng.integers(max(0, 3 - core), min(cfg.max_distractors, 5 - core) + 1))
+        n_free = int(
+            rng.integers(1, min(cfg.max_distractors, _MAX_OBJECTS - len(draft.shapes)) + 1)
+        )
         for _ in range(n_free):
             for _ in range(50):
                 s = _free_object(rng)
+                # Apart from every designed object's footprint, the canopy's included,
+                # so no distractor stands under the canopy.
                 if (
                     _inside_world(s)
                     and all(_apart(s, o, 0.1) for o in draft.shapes)

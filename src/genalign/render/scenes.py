@@ -1,6 +1,7 @@
 """CPU ray caster for the synthetic spatial scenes: coloured cubes, spheres, cylinders on a floor.
 
-A scene is a handful of axis-aligned primitives resting on the ground plane y = 0.
+A scene is a handful of axis-aligned primitives resting on the ground plane y = 0, on
+one another, or floating above them (the canopy discs of `genalign.data.spatial_scenes`).
 Rays from a named viewpoint are intersected analytically with every object in numpy
 (boxes by the slab test, cylinders by the side quadratic and caps, both from
 `genalign.render.parts_image`; spheres by their quadratic), the nearest hit is shaded
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genalign.render.parts_image import Camera, _camera_rays, _hit_box, _hit_cylinder
+from genalign.render.parts_image import Camera, _hit_box, _hit_cylinder
 
 # Eight colours far from the grey floor, the white sky and each other.
 COLORS: dict[str, tuple[float, float, float]] = {
@@ -54,7 +55,7 @@ VIEWS = (*DIRECTIONS, "top", *(f"{d}-{a}" for d in DIRECTIONS for a in ("high", 
 ZOOMS = ("in", "out")
 
 # Every camera looks at TARGET from DISTANCE. Objects stay within |x|, |z| <= 1.3 and
-# below y = 1.1; a 34 degree field of view frames +-1.3 at the nearest edge of that
+# below y = 1.2; a 34 degree field of view frames +-1.3 at the nearest edge of that
 # square (4.2 units from an eye-level eye) and +-1.7 at the target.
 TARGET = (0.0, 0.45, 0.0)
 DISTANCE = 5.5
@@ -175,31 +176,47 @@ def _hit_sphere(o: np.ndarray, d: np.ndarray, r: float):
     return t, normal
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_directions(fov_deg: float, n: int) -> np.ndarray:
+    """Unit directions [n*n, 3] through the pixel centres in the camera's frame (right,
+    up, forward), row-major from the top-left pixel, as `parts_image._camera_rays`."""
+    half = math.tan(math.radians(fov_deg) / 2)
+    s = (np.arange(n) + 0.5) / n * 2.0 - 1.0  # pixel centres in [-1, 1]
+    u, v = np.meshgrid(s * half, -s * half)  # [n, n] each; v is +up at the top row
+    d = np.stack([u.ravel(), v.ravel(), np.ones(n * n)], axis=1)
+    return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
 @functools.lru_cache(maxsize=64)
 def _rays(cam: Camera, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Eye [3] and unit directions [n*n, 3]; cached, as a scene's views reuse a few cameras."""
-    eye, dirs = _camera_rays(cam, n)
+    """Eye [3] and unit directions [n*n, 3]: the rays of `parts_image._camera_rays` (to
+    rounding), one rotation of the cached camera-frame directions, so that a zoom view's
+    rays cost a matrix product; cached, as a scene's views reuse a few cameras."""
+    eye = camera_eye(cam)
+    forward = np.asarray(cam.target) - eye
+    forward /= np.linalg.norm(forward)
+    right = np.array([-forward[2], 0.0, forward[0]])  # forward x (0, 1, 0)
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    dirs = _pixel_directions(cam.fov_deg, n) @ np.stack([right, up, forward])  # [N, 3]
     eye.setflags(write=False)
     dirs.setflags(write=False)
     return eye, dirs
 
 
-def trace(objects: Sequence[SceneObject], cam: Camera, n: int, *, with_normals: bool = True):
-    """Intersect n*n rays with every object.
-
-    Returns eye [3], dirs [N, 3], distances t [K, N] (inf on a miss) and normals
-    [K, N, 3] (None without `with_normals`).
-    """
-    eye, dirs = _rays(cam, n)  # [3], [N, 3]
+def _hits(objects: Sequence[SceneObject], eye: np.ndarray, dirs: np.ndarray, with_normals: bool):
+    """Distances [K, N] (inf on a miss) and normals [K, N, 3] (or None) of rays from `eye`."""
     t_all = np.full((len(objects), len(dirs)), np.inf)
     normals = np.zeros((len(objects), len(dirs), 3)) if with_normals else None
     for k, obj in enumerate(objects):
         o = eye - np.asarray(obj.center)
         # Exact tests only for the rays that meet the bounding sphere: an object covers a
         # few percent of the image.
-        radius = float(np.linalg.norm(obj.half_extents))
+        radius = math.hypot(*obj.half_extents)
         b = dirs @ o  # [N]
         rays = np.flatnonzero((b * b - (float(o @ o) - radius * radius) >= 0.0) & (b < radius))
+        if not len(rays):
+            continue
         d = dirs[rays]
         hx, hy, _ = obj.half_extents
         if obj.shape == "cube":
@@ -211,6 +228,17 @@ def trace(objects: Sequence[SceneObject], cam: Camera, n: int, *, with_normals: 
         t_all[k, rays] = t
         if normals is not None:
             normals[k, rays] = nl  # axis-aligned: local normals are world normals
+    return t_all, normals
+
+
+def trace(objects: Sequence[SceneObject], cam: Camera, n: int, *, with_normals: bool = True):
+    """Intersect n*n rays with every object.
+
+    Returns eye [3], dirs [N, 3], distances t [K, N] (inf on a miss) and normals
+    [K, N, 3] (None without `with_normals`).
+    """
+    eye, dirs = _rays(cam, n)  # [3], [N, 3]
+    t_all, normals = _hits(objects, eye, dirs, with_normals)
     return eye, dirs, t_all, normals
 
 
@@ -241,17 +269,31 @@ def render_scene(
     return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
 
 
-def visibility(objects: Sequence[SceneObject], cam: Camera, size: int) -> np.ndarray:
-    """Pixels of each object at `size` x `size`: [K, 2] int of (visible, covered on its own).
+def visibility(
+    objects: Sequence[SceneObject], cam: Camera, size: int, of: Sequence[int] | None = None
+) -> np.ndarray:
+    """Pixels of objects at `size` x `size`: [M, 2] int of (visible, covered on its own).
 
-    Visible: the object is the nearest hit of the pixel's ray. On its own: the ray hits
-    it at all. The floor hides nothing (every object rests on or above it).
+    One row for each object index in `of` (default: every object, in order). Visible:
+    the object is the nearest hit of the pixel's ray. On its own: the ray hits it at all.
+    The floor hides nothing (every object rests on or floats above it). Only the rays
+    that meet an object of `of` are traced against the others, so counting two objects
+    of a scene costs a fraction of counting all.
     """
-    _, _, t_all, _ = trace(objects, cam, size, with_normals=False)
-    alone = np.isfinite(t_all).sum(axis=1)
-    if not len(objects):
+    of = list(range(len(objects))) if of is None else list(of)
+    if not of:
         return np.zeros((0, 2), dtype=np.int64)
-    nearest = np.argmin(t_all, axis=0)
-    covered = np.isfinite(t_all.min(axis=0))
-    visible = np.bincount(nearest[covered], minlength=len(objects))
+    eye, dirs = _rays(cam, size)  # [3], [N, 3]
+    t_of, _ = _hits([objects[k] for k in of], eye, dirs, with_normals=False)  # [M, N]
+    alone = np.isfinite(t_of).sum(axis=1)
+    rays = np.flatnonzero(np.isfinite(t_of).any(axis=0))  # [R]
+    # Every object on those rays, in scene order, so ties go to the lower index as in a
+    # full object-id buffer.
+    t_all = np.full((len(objects), len(rays)), np.inf)  # [K, R]
+    t_all[of] = t_of[:, rays]
+    rest = [k for k in range(len(objects)) if k not in of]
+    if rest:
+        t_all[rest], _ = _hits([objects[k] for k in rest], eye, dirs[rays], with_normals=False)
+    nearest = np.argmin(t_all, axis=0)  # [R]
+    visible = np.bincount(nearest, minlength=len(objects))[of]
     return np.stack([visible, alone], axis=1).astype(np.int64)

@@ -364,6 +364,26 @@ class MLLMJudge:
             results[i] = combine(self.cfg, confidence.get(i), explicit.get(i))
         return results  # type: ignore[return-value]
 
+    def answer(self, samples: Sequence[JudgeSample]) -> list[str]:
+        """The critic's answer to each sample's question: the option letter whose
+        teacher-forced log-probability after the confidence prompt is highest."""
+        from genalign.data.mmsi import LETTERS
+
+        work, keys = {}, []
+        for i, s in enumerate(samples):
+            if not s.options:
+                raise ValueError(f"answer: sample {s.id!r} has no options to choose from")
+            imgs = [to_image(x) for x in (*s.original_images, *s.generated_images)]
+            for letter in LETTERS[: len(s.options)]:
+                keys.append((i, letter))
+                work[len(keys) - 1] = (dataclasses.replace(s, answer=letter), imgs)
+        logps = self._confidence(work)
+        best: dict[int, tuple[float, str]] = {}
+        for k, (i, letter) in enumerate(keys):
+            if i not in best or logps[k][0] > best[i][0]:
+                best[i] = (logps[k][0], letter)
+        return [best[i][1] for i in range(len(samples))]
+
     def _batches(self, work: dict[int, Any]) -> list[list[int]]:
         keys = list(work)
         size = self.cfg.batch_size

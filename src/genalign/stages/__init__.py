@@ -25,6 +25,7 @@ class StageSpec:
     params: tuple[str, ...] = ()
     help: str = ""
     list_inputs: tuple[str, ...] = ()  # inputs that take several artifacts (fan-in)
+    optional: tuple[str, ...] = ()  # inputs that may be left out (None)
 
 
 # The stages, by the name used on the command line and in MLflow child runs.
@@ -64,7 +65,55 @@ STAGES: dict[str, StageSpec] = {
         inputs=("adapter", "report", "pairs"), outputs=("registration",),
         help="the adapter as an MLflow model version with lineage and aliases",
     ),
+    # planner-dpo
+    "prepare-planner": StageSpec(
+        "prepare_planner", "genalign.config.planner_dpo:PreparePlannerConfig",
+        inputs=(), outputs=("dataset", "eval_dataset", "model"),
+        help="spatial questions (train + held-out) and the base planner (warm-started)",
+    ),
+    "shard-planner": StageSpec(
+        "shard_planner", "genalign.config.planner_dpo:ShardConfig",
+        inputs=("dataset",), outputs=("shards",),
+        help="seeded split of the questions into one shard per iteration",
+    ),
+    "rollout-planner": StageSpec(
+        "rollout_planner", "genalign.config.planner_dpo:RolloutPlannerConfig",
+        inputs=("dataset", "shards", "model"), outputs=("samples",),
+        params=("iteration", "subshard", "num_subshards"),
+        help="K plans per question of one sub-shard of the iteration's shard",
+    ),
+    "execute-plans": StageSpec(
+        "execute_plans", "genalign.config.planner_dpo:ExecuteConfig",
+        inputs=("samples", "dataset"), outputs=("executed",),
+        help="every instruction of every plan turned into an image",
+    ),
+    "label-plans": StageSpec(
+        "label_plans", "genalign.config.planner_dpo:LabelConfig",
+        inputs=("executed", "dataset"), outputs=("scored",),
+        help="the critic's score of every plan",
+    ),
+    "accumulate-pairs": StageSpec(
+        "accumulate_pairs", "genalign.config.planner_dpo:AccumulateConfig",
+        inputs=("pairs", "previous"), outputs=("accumulated",), optional=("previous",),
+        help="the pairs of iterations 0..i",
+    ),
+    "train-planner": StageSpec(
+        "train_planner", "genalign.config.planner_dpo:TrainPlannerConfig",
+        inputs=("model", "pairs"), outputs=("adapter", "merged"),
+        help="trl DPO of a fresh adapter from the base, and the merged planner",
+    ),
+    "evaluate-planner": StageSpec(
+        "evaluate_planner", "genalign.config.planner_dpo:EvaluatePlannerConfig",
+        inputs=("model", "eval_dataset", "history", "pairs", "adapter"), outputs=("report",),
+        params=("iteration",), optional=("history", "pairs", "adapter"),
+        help="held-out score of a planner vs the base; cumulative report with plots",
+    ),
 }
+
+
+STAGE_TAG = "genalign.stage"
+ITERATION_TAG = "genalign.iteration"
+OUTPUT_TAG = "genalign.output."
 
 
 @dataclass
@@ -93,32 +142,42 @@ def run_stage(
     params: dict[str, Any] | None = None,
     tracking: dict[str, str] | None = None,
     metrics_output: Any = None,
+    output_uris: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> StageResult:
     """Validate, track and run one stage. `tracking` = {experiment, pipeline_run, pipeline}
     opens an MLflow child run under the pipeline's parent; None logs nowhere.
-    `metrics_output` (a KFP `Output[Metrics]`) receives the stage's metrics too."""
+    `metrics_output` (a KFP `Output[Metrics]`) receives the stage's metrics too;
+    `output_uris` (the outputs' artifact URIs) and `tags` are set on the child run when it
+    succeeds."""
     from genalign.tracking import MlflowTracker, NullTracker
 
     spec = stage_spec(name)
     cfg = config_class(spec).from_dict(config, where=f"{name} config")
     params = params or {}
-    for group, names, given in (
-        ("input", spec.inputs, inputs), ("output", spec.outputs, outputs), ("parameter", spec.params, params)
+    inputs = {k: v for k, v in inputs.items() if v is not None}
+    for group, names, given, optional in (
+        ("input", spec.inputs, inputs, spec.optional), ("output", spec.outputs, outputs, ()),
+        ("parameter", spec.params, params, ()),
     ):
-        if set(given) != set(names):
+        if not set(names) - set(optional) <= set(given) <= set(names):
             raise ConfigError(f"stage {name}: {group}s {sorted(given)} given, expected {sorted(names)}")
     if tracking:
+        # The child run's name: the stage, its iteration and shard ("rollout-planner-2-0").
+        suffix = [tags[ITERATION_TAG]] if tags and ITERATION_TAG in tags else []
+        suffix += [str(params[k]) for k in ("iteration", "shard", "subshard") if k in params]
         tracker = MlflowTracker.for_stage(
             experiment=tracking["experiment"],
             pipeline_run=tracking["pipeline_run"],
-            stage=name + (f"-{params['shard']}" if "shard" in params else ""),
+            stage=name + "".join(f"-{v}" for v in suffix),
             tags={"genalign.pipeline": tracking.get("pipeline", "")},
         )
     else:
         tracker = NullTracker()
     tracker.log_params(flatten(cfg.to_dict()))
     module = importlib.import_module(f"genalign.stages.{spec.module}")
-    kwargs = {k: ([Path(p) for p in v] if isinstance(v, list) else Path(v)) for k, v in inputs.items()}
+    kwargs: dict[str, Any] = {k: None for k in spec.optional}
+    kwargs.update({k: ([Path(p) for p in v] if isinstance(v, list) else Path(v)) for k, v in inputs.items()})
     kwargs.update({k: Path(v) for k, v in outputs.items()})
     kwargs.update(params)
     try:
@@ -129,6 +188,12 @@ def run_stage(
         raise
     tracker.log_metrics(result.metrics)
     if tracking:
+        # What a later run resumes from (`genalign run ... --resume-from`): the stage, its
+        # iteration and where its outputs are, recorded only once they are complete.
+        done = {STAGE_TAG: name, **(tags or {}), **{f"{OUTPUT_TAG}{k}": v for k, v in (output_uris or {}).items()}}
+        if "iteration" in params:
+            done[ITERATION_TAG] = str(params["iteration"])
+        tracker.set_tags(done)
         tracker.end("FINISHED")
     if metrics_output is not None:
         for key, value in result.metrics.items():

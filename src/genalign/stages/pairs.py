@@ -13,7 +13,7 @@ from pathlib import Path
 
 from genalign.config.pairs import PairsConfig
 from genalign.pairs import MiningResult, mine_pairs, summarize
-from genalign.records import ScoredSample, read_jsonl, write_jsonl
+from genalign.records import Pair, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import StageResult
 from genalign.stages.common import completed, fingerprint, link_or_copy
 from genalign.storage import atomic_dir, read_manifest, write_manifest
@@ -22,6 +22,36 @@ from genalign.tracking import Tracker
 
 class NoPairsError(ValueError):
     """No condition produced a pair."""
+
+
+def with_texts(pair: Pair, chosen: ScoredSample, rejected: ScoredSample) -> Pair:
+    """A text policy's pair with trl's fields in `extra` (prompt, texts, images)."""
+    import dataclasses
+
+    if "prompt" not in chosen.meta:
+        raise ValueError(f"sample {chosen.sample_id}: a text sample without meta.prompt cannot make a trl pair")
+    return dataclasses.replace(pair, extra={
+        "prompt": chosen.meta["prompt"], "images": list(chosen.meta.get("images", [])),
+        "chosen_text": chosen.output, "rejected_text": rejected.output,
+    })
+
+
+def write_pair_files(out: Path, pairs: list[Pair], samples: list[ScoredSample]) -> None:
+    """pairs.jsonl and samples.jsonl; for text pairs also pairs.trl.jsonl (trl's DPO rows)
+    and pairs.qwen.json (Qwen-VL-Series-Finetune's DPO format), images relative to `out`."""
+    from genalign.data.planner_pairs import planner_pairs, write_qwen_json, write_trl_jsonl
+
+    write_jsonl(out / "pairs.jsonl", pairs)
+    write_jsonl(out / "samples.jsonl", samples)
+    if pairs and all("chosen_text" in p.extra for p in pairs):
+        resolved = planner_pairs(pairs)
+        write_trl_jsonl(out / "pairs.trl.jsonl", resolved)
+        write_qwen_json(out / "pairs.qwen.json", resolved)
+
+
+def pair_file_names(out: Path) -> list[str]:
+    names = ["pairs.jsonl", "samples.jsonl", "pairs.trl.jsonl", "pairs.qwen.json"]
+    return [n for n in names if (out / n).is_file()]
 
 
 def run(cfg: PairsConfig, *, scored: list[Path], pairs: Path, tracker: Tracker) -> StageResult:
@@ -55,6 +85,8 @@ def run(cfg: PairsConfig, *, scored: list[Path], pairs: Path, tracker: Tracker) 
         reasons = {k: v for k, v in counts.items() if v and k not in ("pairs", "shards")}
         raise NoPairsError(f"pairs: no pairs from {len(shards)} scored shard(s) {[str(d) for d, _ in shards]}; counts: {reasons}")
 
+    if all(isinstance(source[p.chosen][1].output, str) for p in all_pairs):
+        all_pairs = [with_texts(p, source[p.chosen][1], source[p.rejected][1]) for p in all_pairs]
     with atomic_dir(pairs) as tmp:
         used = []
         for sid in dict.fromkeys(s for p in all_pairs for s in (p.chosen, p.rejected)):
@@ -63,12 +95,11 @@ def run(cfg: PairsConfig, *, scored: list[Path], pairs: Path, tracker: Tracker) 
             for rel in row.files.values():
                 if not (tmp / rel).exists():
                     link_or_copy(directory / rel, tmp / rel)
-        write_jsonl(tmp / "pairs.jsonl", all_pairs)
-        write_jsonl(tmp / "samples.jsonl", used)
+        write_pair_files(tmp, all_pairs, used)
         stats = summarize(MiningResult(pairs=all_pairs, counts=counts))
         write_manifest(
             tmp, kind="pairs", config=cfg.to_dict(), inputs={"scored": [str(d) for d in scored]},
-            counts=counts, hash_files=["pairs.jsonl", "samples.jsonl"], extra={"fingerprint": fp, "gap": stats["gap"]},
+            counts=counts, hash_files=pair_file_names(tmp), extra={"fingerprint": fp, "gap": stats["gap"]},
         )
     metrics = {f"pairs/{k}": float(v) for k, v in counts.items()}
     metrics.update({f"pairs/gap_{k}": float(v) for k, v in (stats["gap"] or {}).items()})

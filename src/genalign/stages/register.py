@@ -40,7 +40,7 @@ def run(cfg: RegisterConfig, *, adapter: Path, report: Path, pairs: Path, regist
         "genalign.base_model": meta.get("base_model", ""),
         "genalign.base_model_sha256": meta.get("base_model_sha256", ""),
         "genalign.method": meta.get("method", ""),
-        "genalign.loss": meta.get("loss", ""),
+        "genalign.loss": meta.get("loss", meta.get("loss_type", "")),
         "genalign.adapter_type": meta.get("adapter_type", ""),
         "genalign.pairs": str(pairs),
         "genalign.pairs_sha256": pairs_manifest["hashes"].get("pairs.jsonl", ""),
@@ -49,6 +49,8 @@ def run(cfg: RegisterConfig, *, adapter: Path, report: Path, pairs: Path, regist
         "genalign.pipeline_run": pipeline_run,
         "genalign.gate_passed": str(gate["passed"]).lower(),
     }
+    if "iteration" in meta:  # iterative pipelines: the iteration that trained it
+        tags["genalign.iteration"] = str(meta["iteration"])
     tags.update({k.replace("/", "."): f"{v:.6g}" for k, v in evaluation["metrics"].items()})
     aliases = list(cfg.aliases)
     if gate["passed"] or not cfg.require_gate:

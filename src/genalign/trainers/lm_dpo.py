@@ -24,10 +24,17 @@ the base model or on the full model:
   ignored with a log line. The ZeRO-3 offload config sets `zero_force_ds_cpu_optimizer`
   to false: the per-part parameter groups need the client optimizer (torch AdamW), which
   then steps on the CPU copies.
-- Processes. Launched with `torchrun --nproc-per-node N` (or `accelerate launch`), the
-  Trainer joins the process group through accelerate (gloo on CPU, nccl on CUDA) and
-  shards the pairs; `per_device_batch_size * grad_accum * N` pairs make one step. Only
-  the main process writes `out_dir`. No code changes are needed for that.
+- Processes. `launch_lm_dpo(..., processes=N)` trains in this process for N = 1 and
+  otherwise runs `python -m torch.distributed.run --standalone --nproc-per-node N -m
+  genalign.trainers.lm_dpo ...` (this module's command line, below; `--standalone` takes a
+  free port) with OMP_NUM_THREADS=1 unless set, relays its output and returns the metrics
+  from `out_dir/genalign.json`. Each worker joins the process group through accelerate
+  (gloo on CPU, nccl on CUDA). All ranks draw one seeded order of the pairs (`data_seed`)
+  and rank r takes its batches r, r + N, ... of `per_device_batch_size` pairs, so
+  `per_device_batch_size * grad_accum * N` pairs make one step, the same pairs as one
+  process with N times the batch; DDP averages the ranks' gradients of per-pair mean
+  losses, so the step is the same too (tests/integration/test_lm_dpo_distributed.py).
+  Only the main process writes `out_dir`. `accelerate launch` works the same way.
 
 Layout written under `out_dir` (adapter runs):
 
@@ -42,23 +49,44 @@ into the base weights and writes a full model directory for the next iteration's
     metrics = train_lm_dpo(cfg, base_model_dir=base, pairs_rows=read_jsonl(p, Pair),
                            image_root=data_dir, out_dir=out, tracker=NullTracker())
     merge_adapter(base, out, merged_dir)
+
+    metrics = launch_lm_dpo(cfg, base_model_dir=base, pairs_file=out / "pairs.trl.jsonl",
+                            image_root=data_dir, out_dir=adapter, processes=2)
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m genalign.trainers.lm_dpo \\
+        --config cfg.json --model BASE --pairs pairs.trl.jsonl --image-root DATA --out ADAPTER
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genalign.config.lm_dpo import ALL_LINEAR, PARTS, LMDPOConfig
-from genalign.data.planner_pairs import PlannerPair, planner_pairs, trl_dataset, weight_weak_pairs
+from genalign.data.planner_pairs import (
+    PlannerPair,
+    planner_pairs,
+    read_trl_jsonl,
+    trl_dataset,
+    weight_weak_pairs,
+)
 from genalign.records import Pair
 from genalign.storage import ArtifactError, atomic_dir, atomic_write_json
-from genalign.tracking import Tracker
+from genalign.tracking import NullTracker, Tracker
 
 if TYPE_CHECKING:
     import torch
@@ -73,6 +101,11 @@ DROPPED_FILES = ("training_args.bin",)
 # The trl log keys forwarded to the tracker under "train/"; trl logs more (logps, logits,
 # entropy), forwarded too, but these are the ones a run summary reads.
 SUMMARY_KEYS = ("loss", "rewards/accuracies", "rewards/margins")
+# Lines of a failed multi-process run quoted in the error: enough for a worker's traceback
+# and torchrun's failure summary after it.
+TAIL_LINES = 80
+# Seconds a timed-out launch gets between SIGTERM (torchrun stops its workers) and SIGKILL.
+KILL_GRACE_S = 30.0
 
 
 # ---------------------------------------------------------------- model parts
@@ -273,7 +306,8 @@ def train_lm_dpo(
     staging = out_dir.with_name(f".{out_dir.name}.staging")
     args = DPOConfig(
         output_dir=str(out_dir.with_name(f".{out_dir.name}.trainer")),
-        loss_type=[cfg.loss_type],
+        loss_type=[cfg.loss_type, "sft"] if cfg.sft_weight > 0 else [cfg.loss_type],
+        loss_weights=[1.0, cfg.sft_weight] if cfg.sft_weight > 0 else None,
         beta=cfg.beta,
         label_smoothing=cfg.label_smoothing,
         learning_rate=cfg.lr_llm,  # the groups carry their own rates; this is the default
@@ -299,6 +333,9 @@ def train_lm_dpo(
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
+        # Without CUDA accelerate takes torchrun's workers for a distributed run (gloo) only
+        # when told the run is on CPU; otherwise each worker trains alone on all the pairs.
+        use_cpu=not cuda,
     )
 
     # --- model
@@ -404,3 +441,157 @@ def merge_adapter(base_model_dir: Path | str, adapter_dir: Path | str, out_dir: 
             {"kind": "merged", "base_model": str(base_model_dir), "adapter": str(adapter_dir)},
         )
     return out_dir
+
+
+# ---------------------------------------------------------------- launch
+
+
+def launch_lm_dpo(
+    cfg: LMDPOConfig,
+    *,
+    base_model_dir: Path | str,
+    pairs_file: Path | str,
+    image_root: Path | str,
+    out_dir: Path | str,
+    processes: int,
+    tracker: Tracker | None = None,
+    base_model_ref: str | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, float]:
+    """Train on the trl pairs file (`write_trl_jsonl`) in `processes` processes and return
+    `train_lm_dpo`'s metrics.
+
+    One process: `train_lm_dpo` here, step logs to `tracker` (default a NullTracker). More:
+    torchrun runs this module's `main` in each worker (see "Processes" above); the step logs
+    stay in the workers, so `tracker` must be None, and the metrics are read back from
+    `out_dir/genalign.json`. A failed or timed-out run raises RuntimeError / TimeoutError
+    with the last lines of its output.
+    """
+    if processes < 1:
+        raise ValueError(f"processes: expected at least 1, got {processes}")
+    if processes == 1:
+        return train_lm_dpo(
+            cfg,
+            base_model_dir=base_model_dir,
+            pairs_rows=read_trl_jsonl(pairs_file),
+            image_root=image_root,
+            out_dir=out_dir,
+            tracker=tracker if tracker is not None else NullTracker(),
+            base_model_ref=base_model_ref,
+        )
+    if tracker is not None:
+        raise ValueError(
+            "tracker: step logs are forwarded with processes=1 only; with more processes log "
+            "the returned metrics (also in out_dir/genalign.json)"
+        )
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="lm_dpo-launch-") as tmp:
+        config_path = Path(tmp) / "lm_dpo.json"
+        config_path.write_text(json.dumps(cfg.to_dict(), indent=2))
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", str(processes),
+            "-m", "genalign.trainers.lm_dpo",
+            "--config", str(config_path),
+            "--model", str(base_model_dir),
+            "--pairs", str(pairs_file),
+            "--image-root", str(image_root),
+            "--out", str(out_dir),
+        ]  # fmt: skip
+        if base_model_ref is not None:
+            cmd += ["--base-model-ref", base_model_ref]
+        # one thread per worker unless set (torchrun's default too): N workers already share
+        # the cores, more threads each only contend
+        env = {"OMP_NUM_THREADS": "1", **os.environ}
+        _run_relayed(cmd, env, timeout_s)
+    meta = out_dir / GENALIGN_JSON
+    if not meta.is_file():
+        raise ArtifactError(f"{meta}: missing after a successful {processes}-process run")
+    return {k: float(v) for k, v in json.loads(meta.read_text())["metrics"].items()}
+
+
+def _run_relayed(cmd: list[str], env: dict[str, str], timeout_s: float | None) -> None:
+    """Run `cmd`, copying its output (stderr merged) to our stdout line by line; raise with
+    the last TAIL_LINES lines when it fails or runs past `timeout_s`."""
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    # a session of its own: on a timeout the signal reaches torchrun and its workers
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+    def relay() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            tail.append(line)
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    what = " ".join(cmd)
+    try:
+        returncode = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.join()
+        raise TimeoutError(
+            f"lm_dpo: stopped after {timeout_s} s: {what}\nlast lines:\n{''.join(tail)}"
+        ) from None
+    reader.join()
+    if returncode != 0:
+        raise RuntimeError(
+            f"lm_dpo: exit status {returncode}: {what}\nlast lines:\n{''.join(tail)}"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of one training process (torchrun starts N of these); prints the
+    metrics as JSON from the main process."""
+    parser = argparse.ArgumentParser(
+        prog="python -m genalign.trainers.lm_dpo",
+        description="Planner DPO on a trl pairs file; run under torchrun for several processes.",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="JSON of LMDPOConfig fields")
+    parser.add_argument("--model", required=True, type=Path, help="base Qwen-VL model directory")
+    parser.add_argument("--pairs", required=True, type=Path, help="pairs file (write_trl_jsonl)")
+    parser.add_argument("--image-root", required=True, type=Path, help="the pairs' images root")
+    parser.add_argument("--out", required=True, type=Path, help="adapter or model directory")
+    parser.add_argument("--base-model-ref", help="recorded in genalign.json (default: --model)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    # the inputs are checked before torch is imported: a bad file fails in a second
+    cfg = LMDPOConfig.from_dict(json.loads(args.config.read_text()), where=str(args.config))
+    pairs = read_trl_jsonl(args.pairs)
+
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    metrics = train_lm_dpo(
+        cfg,
+        base_model_dir=args.model,
+        pairs_rows=pairs,
+        image_root=args.image_root,
+        out_dir=args.out,
+        tracker=NullTracker(),
+        base_model_ref=args.base_model_ref,
+    )
+    if PartialState().is_main_process:  # the state the Trainer used
+        print(json.dumps(metrics, sort_keys=True), flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""planner-dpo: iterative on-policy ("snowball") DPO of a vision-language planner.
+
+prepare -> shard -> evaluate the base, then for each iteration i (unrolled at compile time):
+rollout (ParallelFor over sub-shards of shard i) -> execute -> label -> pairs ->
+accumulate pairs 0..i -> train a fresh adapter from the base (DPO, trl) + merge ->
+evaluate (history of all iterations so far); finally register the last adapter. N = 1 is
+the single-round mode. One MLflow parent run per pipeline run, closed by the exit handler.
+
+`make_planner_dpo(profile, iterations=N, resume=...)` builds it; with `resume` (see
+`genalign.resume`) iterations < `resume["iteration"]` are not run: their artifacts are
+imported from the earlier run (`dsl.importer`), and the run goes on from there.
+"""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Model
+
+from components.part_dpo import close_tracking
+from components.planner_dpo import (
+    accumulate_pairs,
+    evaluate_planner,
+    execute_plans,
+    label_plans,
+    mine_plan_pairs,
+    prepare_planner,
+    register_planner,
+    rollout_planner,
+    shard_planner,
+    train_planner,
+)
+
+from .cluster import apply_profile
+
+
+def _imported(resume: dict, key: str, cls):
+    return dsl.importer(artifact_uri=resume["uris"][key], artifact_class=cls, reimport=False).output
+
+
+def make_planner_dpo(profile: dict | None = None, *, iterations: int = 5, resume: dict | None = None):
+    """The planner-dpo pipeline with `iterations` on-policy rounds; `profile` is a checked
+    cluster profile as a dict or None; `resume` = {"iteration": k, "uris": {...}} continues
+    an earlier run from iteration k."""
+    start = resume["iteration"] if resume else 0
+    if not 0 <= start < iterations:
+        raise ValueError(f"resume iteration {start}: expected 0 <= k < iterations ({iterations})")
+
+    @dsl.pipeline(name="planner-dpo", description="Iterative on-policy DPO of a vision-language planner")
+    def planner_dpo(
+        prepare: dict,
+        shard: dict,
+        rollout: dict,
+        execute: dict,
+        label: dict,
+        pairs: dict,
+        accumulate: dict,
+        train: dict,
+        evaluate: dict,
+        register: dict,
+        experiment: str = "genalign-planner-dpo",
+        subshards: int = 1,
+    ):
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        track = {"experiment": experiment, "pipeline_run": run_id}
+        closer = close_tracking(**track)
+        apply_profile(closer, None, profile)
+        with dsl.ExitHandler(closer, name="tracked-run"):
+            if resume:
+                dataset, eval_dataset = _imported(resume, "dataset", Artifact), _imported(resume, "eval_dataset", Artifact)
+                base, shards = _imported(resume, "model", Model), _imported(resume, "shards", Artifact)
+                model, acc = _imported(resume, "merged", Model), _imported(resume, "accumulated", Artifact)
+                history = _imported(resume, "report", Artifact)
+                sub = shard_planner(config=shard, num_subshards=subshards, dataset=dataset, **track)
+            else:
+                prep = prepare_planner(config=prepare, **track)
+                apply_profile(prep, "prepare-planner", profile)
+                dataset, eval_dataset = prep.outputs["dataset"], prep.outputs["eval_dataset"]
+                base = model = prep.outputs["model"]
+                sub = shard_planner(config=shard, num_subshards=subshards, dataset=dataset, **track)
+                shards, acc = sub.outputs["shards"], None
+                ev = evaluate_planner(config=evaluate, iteration=-1, model=base, eval_dataset=eval_dataset, **track)
+                apply_profile(ev, "evaluate-planner", profile)
+                history = ev.outputs["report"]
+            apply_profile(sub, "shard-planner", profile)
+            for i in range(start, iterations):
+                with dsl.ParallelFor(sub.outputs["Output"], name=f"rollouts-{i}") as part:
+                    roll = rollout_planner(config=rollout, iteration=i, subshard=part, num_subshards=subshards,
+                                           dataset=dataset, shards=shards, model=model, **track)
+                    apply_profile(roll, "rollout-planner", profile)
+                    exe = execute_plans(config=execute, samples=roll.outputs["samples"], dataset=dataset, **track)
+                    apply_profile(exe, "execute-plans", profile)
+                    lab = label_plans(config=label, executed=exe.outputs["executed"], dataset=dataset, **track)
+                    apply_profile(lab, "label-plans", profile)
+                mined = mine_plan_pairs(config=pairs, iteration=i, scored=dsl.Collected(lab.outputs["scored"]), **track)
+                apply_profile(mined, "pairs", profile)
+                if acc is None:
+                    accumulated = accumulate_pairs(config=accumulate, iteration=i, pairs=mined.outputs["pairs"], **track)
+                else:
+                    accumulated = accumulate_pairs(config=accumulate, iteration=i, pairs=mined.outputs["pairs"],
+                                                   previous=acc, **track)
+                apply_profile(accumulated, "accumulate-pairs", profile)
+                acc = accumulated.outputs["accumulated"]
+                trained = train_planner(config=train, iteration=i, model=base, pairs=acc, **track)
+                apply_profile(trained, "train-planner", profile)
+                model = trained.outputs["merged"]
+                ev = evaluate_planner(config=evaluate, iteration=i, model=model, eval_dataset=eval_dataset,
+                                      history=history, pairs=mined.outputs["pairs"],
+                                      adapter=trained.outputs["adapter"], **track)
+                apply_profile(ev, "evaluate-planner", profile)
+                history = ev.outputs["report"]
+            registered = register_planner(config=register, adapter=trained.outputs["adapter"], report=history,
+                                          pairs=acc, **track)
+            apply_profile(registered, "register", profile)
+
+    return planner_dpo

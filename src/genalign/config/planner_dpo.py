@@ -1,0 +1,182 @@
+"""Configs of the planner-dpo stages (the pipeline in `pipelines/planner_dpo.py`).
+
+    prepare-planner  dataset + held-out dataset + base planner (warm-started on the tiny preset)
+    shard-planner    seeded split of the dataset ids into one shard per iteration
+    rollout-planner  K plans per question of one sub-shard of the iteration's shard
+    execute-plans    every instruction of every plan turned into an image
+    label-plans      the critic's score of every plan
+    pairs            best vs worst plan per question (`genalign.config.pairs.PairsConfig`)
+    accumulate-pairs the pairs of iterations 0..i
+    train-planner    DPO of a fresh adapter from the base, then the merged planner
+    evaluate-planner held-out score of a planner, appended to the run's history and plots
+    register         the final adapter in the MLflow registry (`RegisterConfig`)
+
+No torch here: the configs load in the pipeline compiler and in the components' bodies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from genalign.config.base import Config, field
+from genalign.config.judge import JudgeConfig
+from genalign.config.lm_dpo import LMDPOConfig
+from genalign.config.planner import PlannerSamplingConfig, PlannerSFTConfig
+from genalign.config.planner_world import ExecutorConfig, OracleConfig, SpatialDataConfig
+
+TINY_PLANNER = "tiny://tiny-qwen2-vl"
+
+
+@dataclass(frozen=True)
+class PreparePlannerConfig(Config):
+    """The questions (train and held-out) and the base planner."""
+
+    source: Literal["synthetic", "mmsi"] = field(
+        "synthetic",
+        help="synthetic: procedural spatial-QA scenes rendered by the project (the tiny "
+        "preset; the scene oracle can score them); mmsi: an MMSI-Bench-format file (`data`).",
+    )
+    data: str | None = field(
+        None,
+        help="mmsi: the data file (.jsonl or .json list), a path or s3:// reference; images "
+        "are relative to its folder. Ignored for synthetic data.",
+    )
+    train_samples: int = field(240, help="Questions for rollouts (split over the iterations).")
+    eval_samples: int = field(64, help="Held-out questions, never rolled out for training.")
+    seed: int = field(0, help="Seed of the synthetic scenes, or of the mmsi train/eval split.")
+    world: SpatialDataConfig = field(
+        default_factory=SpatialDataConfig, help="The synthetic scenes (source: synthetic)."
+    )
+    base_model: str = field(
+        TINY_PLANNER,
+        help="The planner: a model reference (path, s3://, mlflow://models/<name>@<alias>, "
+        "hf://, tiny://tiny-qwen2-vl) of a Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE.",
+    )
+    warm_start: PlannerSFTConfig | None = field(
+        None,
+        help="Supervised warm start on well-formed plans with random views before DPO (a "
+        "random-init tiny planner needs it; a real planner does not): null skips it.",
+    )
+
+    def __post_init__(self) -> None:
+        if self.train_samples < 1 or self.eval_samples < 1:
+            raise ValueError("train_samples and eval_samples must be >= 1")
+        if self.source == "mmsi" and not self.data:
+            raise ValueError("source 'mmsi' needs data: the MMSI-Bench-format file")
+
+
+@dataclass(frozen=True)
+class ShardConfig(Config):
+    """Shuffle the dataset ids with a seed and split them into one shard per iteration."""
+
+    num_shards: int = field(5, help="Shards = on-policy iterations (the issue's N, default 5).")
+    seed: int = field(0, help="Seed of the shuffle.")
+
+    def __post_init__(self) -> None:
+        if self.num_shards < 1:
+            raise ValueError(f"num_shards: expected an integer >= 1, got {self.num_shards}")
+
+
+@dataclass(frozen=True)
+class RolloutPlannerConfig(Config):
+    """Sampling K plans per question from the current planner."""
+
+    sampling: PlannerSamplingConfig = field(
+        default_factory=PlannerSamplingConfig, help="K, temperature, max_new_tokens, seed."
+    )
+
+
+@dataclass(frozen=True)
+class ExecuteConfig(Config):
+    """Turning every instruction into an image."""
+
+    executor: str = field(
+        "render-view",
+        help="Executor by name (`genalign.executors.EXECUTORS`): render-view renders the "
+        "synthetic scene from the named viewpoint.",
+    )
+    options: ExecutorConfig = field(
+        default_factory=ExecutorConfig, help="The executor's settings (size, timeout)."
+    )
+
+
+@dataclass(frozen=True)
+class CriticConfig(Config):
+    """Who scores a plan's images: the ground truth of the synthetic scenes, or an MLLM."""
+
+    critic: Literal["scene-oracle", "mllm-judge"] = field(
+        "scene-oracle",
+        help="scene-oracle: whether each instruction's view reveals the answer (synthetic "
+        "data only); mllm-judge: a Qwen-VL critic's confidence, explicit 1-10 score, or both.",
+    )
+    oracle: OracleConfig = field(default_factory=OracleConfig, help="The scene oracle's rule.")
+    judge: JudgeConfig = field(default_factory=JudgeConfig, help="The MLLM critic's method.")
+    judge_model: str = field(
+        TINY_PLANNER, help="Model reference of the MLLM critic (mllm-judge)."
+    )
+
+
+@dataclass(frozen=True)
+class LabelConfig(Config):
+    """Scoring every plan of a sub-shard."""
+
+    critic: CriticConfig = field(default_factory=CriticConfig, help="The critic.")
+
+
+@dataclass(frozen=True)
+class AccumulateConfig(Config):
+    """The training pairs of iteration i: the pairs of iterations 0..i."""
+
+    window: int | None = field(
+        None,
+        help="Keep the pairs of the last `window` iterations only; null keeps all of 0..i.",
+    )
+
+    def __post_init__(self) -> None:
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"window: expected an integer >= 1 or null, got {self.window}")
+
+
+@dataclass(frozen=True)
+class TrainPlannerConfig(Config):
+    """DPO of a fresh adapter from the base planner on the accumulated pairs."""
+
+    dpo: LMDPOConfig = field(default_factory=LMDPOConfig, help="trl DPOTrainer settings.")
+    processes: int = field(
+        1,
+        help="Training processes (torchrun; gloo on CPU, nccl on GPUs); the global batch is "
+        "dpo.per_device_batch_size * dpo.grad_accum * processes.",
+    )
+
+    def __post_init__(self) -> None:
+        if self.processes < 1:
+            raise ValueError(f"processes: expected an integer >= 1, got {self.processes}")
+
+
+@dataclass(frozen=True)
+class EvaluatePlannerConfig(Config):
+    """A planner on the held-out questions: same seeds for every model of the run."""
+
+    sampling: PlannerSamplingConfig = field(
+        default_factory=lambda: PlannerSamplingConfig(k=4, temperature=0.7, seed=10_000),
+        help="Plans per held-out question and how they are sampled (the same for every model).",
+    )
+    execute: ExecuteConfig = field(default_factory=ExecuteConfig, help="The executor.")
+    critic: CriticConfig = field(default_factory=CriticConfig, help="The critic.")
+    answerer: Literal["oracle", "critic"] = field(
+        "oracle",
+        help="Who answers the question from the original and generated images for the "
+        "downstream accuracy: oracle = right when a view reveals the answer, else a seeded "
+        "guess among the options (synthetic data); critic = the MLLM critic's most likely "
+        "option letter.",
+    )
+    min_improvement: float = field(
+        0.05,
+        help="Gate: the final planner's reveal share must beat the base's by at least this.",
+    )
+    gallery: int = field(6, help="Held-out questions shown with their plans and views.")
+
+    def __post_init__(self) -> None:
+        if self.gallery < 0:
+            raise ValueError(f"gallery: expected an integer >= 0, got {self.gallery}")

@@ -1,0 +1,166 @@
+"""prepare-planner: the questions (train and held-out) and the base planner.
+
+Datasets are MMSI-Bench-format directories (`genalign.data.mmsi`):
+
+    dataset/
+      manifest.json  rows.jsonl       {id, images, question, options, answer, question_type, meta}
+      images/...  scenes/...          (synthetic: the front view and the scene JSON per question)
+
+`source: synthetic` generates the scenes of `genalign.data.spatial_scenes` (train and
+held-out from one seeded stream, disjoint); `source: mmsi` reads a data file, counts the
+rows whose images are missing (they are left out, with their line, in the manifest) and
+splits the rest with a seeded shuffle.
+
+The model artifact holds the planner: with `warm_start` the base is fine-tuned here on
+well-formed plans with random views (`genalign.trainers.planner_sft`), cached by config
+so a re-run reuses it; without it the artifact records the model reference, resolved by
+the stages that load it (`planner_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+from genalign.config.planner_dpo import PreparePlannerConfig
+from genalign.stages import StageResult
+from genalign.stages.common import completed, fingerprint, link_or_copy
+from genalign.storage import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    config_hash,
+    write_manifest,
+)
+from genalign.tracking import Tracker
+
+ROWS = "rows.jsonl"
+
+
+def read_rows(dataset: Path) -> list[dict[str, Any]]:
+    """The rows of a dataset artifact, checked (`genalign.data.mmsi`), as plain dicts with
+    image paths relative to the artifact."""
+    from genalign.data.mmsi import load_mmsi
+    from genalign.storage import read_manifest
+
+    read_manifest(dataset, "dataset")
+    data = load_mmsi(dataset / ROWS)
+    if data.skipped:  # prepare leaves out rows with missing images; any now missing is damage
+        raise FileNotFoundError(f"{dataset / ROWS}: images missing: {[(s.line, s.reason) for s in data.skipped]}")
+    return [
+        {"id": r.id, "images": list(r.images), "question": r.question, "options": list(r.options),
+         "answer": r.answer, "question_type": r.question_type, "meta": dict(r.meta)}
+        for r in data.rows
+    ]
+
+
+def planner_dir(model: Path) -> Path:
+    """The local directory of the planner in a model artifact (a reference is resolved)."""
+    from genalign.models.refs import resolve
+
+    meta_path = Path(model) / "genalign.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("kind") == "ref":
+            return resolve(meta["ref"])
+    return Path(model)
+
+
+def run(cfg: PreparePlannerConfig, *, dataset: Path, eval_dataset: Path, model: Path,
+        tracker: Tracker) -> StageResult:
+    fp = fingerprint(cfg, {})
+    counts: dict[str, int] = {}
+    if not (completed(dataset, "dataset", fp) and completed(eval_dataset, "dataset", fp)):
+        counts = _write_datasets(cfg, dataset, eval_dataset, fp)
+    else:
+        counts = json.loads((dataset / "manifest.json").read_text())["counts"]
+    metrics = {f"data/{k}": float(v) for k, v in counts.items()}
+    if not completed(model, "model", fp):
+        if cfg.warm_start is None:
+            with atomic_dir(model) as tmp:
+                atomic_write_json(tmp / "genalign.json", {"kind": "ref", "ref": cfg.base_model})
+                write_manifest(tmp, kind="model", config=cfg.to_dict(), extra={"ref": cfg.base_model, "fingerprint": fp})
+        else:
+            metrics.update(_warm_started(cfg, dataset, model, fp, tracker))
+    return StageResult(metrics=metrics, summary=counts)
+
+
+def _write_datasets(cfg: PreparePlannerConfig, dataset: Path, eval_dataset: Path, fp: str) -> dict[str, int]:
+    if cfg.source == "synthetic":
+        return _synthetic(cfg, dataset, eval_dataset, fp)
+    return _mmsi(cfg, dataset, eval_dataset, fp)
+
+
+def _write(out: Path, rows: list[dict], cfg: PreparePlannerConfig, fp: str, split: str, counts: dict,
+           copy_from: Path) -> None:
+    with atomic_dir(out) as tmp:
+        for row in rows:
+            for rel in [*row["images"], *([row["meta"]["scene"]] if "scene" in row.get("meta", {}) else [])]:
+                link_or_copy(copy_from / rel, tmp / rel)
+        atomic_write_text(tmp / ROWS, "".join(json.dumps(r) + "\n" for r in rows))
+        write_manifest(tmp, kind="dataset", config=cfg.to_dict(), counts=counts, hash_files=[ROWS],
+                       extra={"fingerprint": fp, "split": split})
+
+
+def _synthetic(cfg: PreparePlannerConfig, dataset: Path, eval_dataset: Path, fp: str) -> dict[str, int]:
+    import tempfile
+
+    from genalign.data.spatial_scenes import load_scene, make_spatial_samples
+
+    n = cfg.train_samples + cfg.eval_samples
+    with tempfile.TemporaryDirectory(dir=dataset.parent) as scratch:
+        rows = make_spatial_samples(n, seed=cfg.seed, out_dir=Path(scratch), cfg=cfg.world)
+        for row in rows:  # the object names: the warm start's zoom instructions name them
+            row["meta"]["objects"] = load_scene(Path(scratch) / row["meta"]["scene"]).object_names
+        counts = {"train": cfg.train_samples, "eval": cfg.eval_samples, "skipped": 0}
+        _write(dataset, rows[: cfg.train_samples], cfg, fp, "train", counts, Path(scratch))
+        _write(eval_dataset, rows[cfg.train_samples :], cfg, fp, "eval", counts, Path(scratch))
+    return counts
+
+
+def _mmsi(cfg: PreparePlannerConfig, dataset: Path, eval_dataset: Path, fp: str) -> dict[str, int]:
+    from genalign.data.mmsi import load_mmsi
+    from genalign.models.refs import resolve
+
+    path = Path(cfg.data)
+    if cfg.data.startswith("s3://"):
+        folder, _, name = cfg.data.rpartition("/")
+        path = resolve(folder) / name
+    data = load_mmsi(path)
+    rows = [
+        {"id": r.id, "images": list(r.images), "question": r.question, "options": list(r.options),
+         "answer": r.answer, "question_type": r.question_type, "meta": dict(r.meta)}
+        for r in data.rows
+    ]
+    if len(rows) < 2:
+        raise ValueError(f"{path}: {len(rows)} usable row(s) ({len(data.skipped)} skipped); need at least 2")
+    random.Random(cfg.seed).shuffle(rows)
+    n_eval = min(cfg.eval_samples, len(rows) // 2)
+    train, held = rows[n_eval:][: cfg.train_samples], rows[:n_eval]
+    counts = {"train": len(train), "eval": len(held), "skipped": len(data.skipped)}
+    _write(dataset, train, cfg, fp, "train", counts, path.parent)
+    _write(eval_dataset, held, cfg, fp, "eval", counts, path.parent)
+    if data.skipped:
+        atomic_write_json(dataset / "skipped.json", [s.__dict__ for s in data.skipped])
+    return counts
+
+
+def _warm_started(cfg: PreparePlannerConfig, dataset: Path, out: Path, fp: str, tracker: Tracker) -> dict[str, float]:
+    """Warm-start the base planner on the train questions, or copy it from the cache."""
+    from genalign.models.refs import cache_dir, resolve
+    from genalign.trainers.planner_sft import sft_examples, train_planner_sft
+
+    key = config_hash({"base": cfg.base_model, "warm_start": cfg.warm_start.to_dict(), "data": fp})
+    cached = cache_dir() / "planner-base" / key
+    if not (cached / "genalign.json").is_file():
+        rows = read_rows(dataset)
+        train_planner_sft(cfg.warm_start, model_dir=resolve(cfg.base_model), examples=sft_examples(rows, cfg.warm_start),
+                          image_root=dataset, out_dir=cached, tracker=tracker)
+    metrics = json.loads((cached / "genalign.json").read_text())["metrics"]
+    with atomic_dir(out) as tmp:
+        shutil.copytree(cached, tmp, dirs_exist_ok=True)
+        write_manifest(tmp, kind="model", config=cfg.to_dict(), extra={"cache_key": key, "fingerprint": fp})
+    return {k: float(v) for k, v in metrics.items()}

@@ -1,0 +1,70 @@
+"""train-planner: DPO of a fresh adapter from the base planner, then the merged planner.
+
+Every iteration trains a new LoRA/DoRA adapter from the base model on the accumulated
+pairs (so the DPO reference is always the base), with trl's DPOTrainer
+(`genalign.trainers.lm_dpo`; `processes` > 1 runs it under torchrun), and folds it into
+a full model: the planner the next iteration rolls out with.
+
+    adapter/   adapter_config.json, adapter_model.safetensors, genalign.json, manifest.json
+    model/     the merged planner (config, safetensors, processor), manifest.json
+
+Weak pairs are subsampled to `dpo.weak_pair_weight` here, before the pairs file is
+written for the trainer (trl's rows carry no weak flag).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from genalign.config.planner_dpo import TrainPlannerConfig
+from genalign.records import Pair, read_jsonl
+from genalign.stages import StageResult
+from genalign.stages.common import completed, fingerprint
+from genalign.stages.prepare_planner import planner_dir
+from genalign.storage import atomic_dir, atomic_write_json, read_manifest, write_manifest
+from genalign.tracking import Tracker
+
+
+def run(cfg: TrainPlannerConfig, *, model: Path, pairs: Path, adapter: Path, merged: Path,
+        tracker: Tracker) -> StageResult:
+    from genalign.data.planner_pairs import planner_pairs, weight_weak_pairs, write_trl_jsonl
+    from genalign.trainers.lm_dpo import launch_lm_dpo, merge_adapter
+
+    pairs_manifest = read_manifest(pairs, "pairs")
+    fp = fingerprint(cfg, {"model": model, "pairs": pairs})
+    if completed(adapter, "adapter", fp) and completed(merged, "model", fp):
+        meta = json.loads((adapter / "genalign.json").read_text())
+        return StageResult(metrics=meta["metrics"], summary={"reused": True})
+    rows = read_jsonl(pairs / "pairs.jsonl", Pair)
+    kept, weak = weight_weak_pairs(planner_pairs(rows), cfg.dpo.weak_pair_weight, cfg.dpo.seed)
+    base = planner_dir(model)
+    iterations = sorted({p.iteration for p in rows})
+    with tempfile.TemporaryDirectory(dir=adapter.parent, prefix=f".{adapter.name}.") as scratch:
+        trl_file = Path(scratch) / "train.trl.jsonl"
+        write_trl_jsonl(trl_file, kept)
+        work = Path(scratch) / "adapter"
+        metrics = launch_lm_dpo(
+            dataclasses.replace(cfg.dpo, weak_pair_weight=1.0), base_model_dir=base, pairs_file=trl_file,
+            image_root=pairs, out_dir=work, processes=cfg.processes,
+            tracker=tracker if cfg.processes == 1 else None, base_model_ref=str(model),
+        )
+        metrics = {**metrics, "weak_pairs": float(weak["weak_kept"]), "weak_pairs_dropped": float(weak["weak_dropped"])}
+        meta = json.loads((work / "genalign.json").read_text())
+        meta.update({"metrics": metrics, "config": cfg.to_dict(), "iteration": max(iterations),
+                     "pairs": {"trained": len(kept), "iterations": iterations, **weak,
+                               "sha256": pairs_manifest["hashes"].get("pairs.jsonl", "")},
+                     "base_model": str(model)})
+        atomic_write_json(work / "genalign.json", meta)
+        with atomic_dir(adapter) as tmp:
+            for f in work.iterdir():
+                shutil.move(str(f), tmp / f.name)
+            write_manifest(tmp, kind="adapter", config=cfg.to_dict(), inputs={"model": str(model), "pairs": str(pairs)},
+                           counts={"pairs": len(kept)}, extra={"fingerprint": fp})
+        merge_adapter(base, adapter, merged)
+    write_manifest(merged, kind="model", config=cfg.to_dict(), inputs={"model": str(model), "adapter": str(adapter)},
+                   extra={"fingerprint": fp})
+    return StageResult(metrics=metrics, summary={"pairs": len(kept), "iterations": iterations})
