@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test test-unit pipelines bench k8s clean
+.PHONY: install demo demo-planner test test-unit pipelines bench k8s clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ install: $(STAMP)
 
 demo: install ## the part-dpo pipeline, tiny preset, through kfp.local with a local MLflow
 	$(VENV)/bin/genalign run part-dpo --preset tiny
+
+demo-planner: install ## the planner-dpo pipeline (iterative DPO of a VLM planner), tiny preset
+	$(VENV)/bin/genalign run planner-dpo --preset tiny
 
 test: install services ## unit + integration tests (starts PostgreSQL, moto S3 and MLflow on loopback)
 	$(PY) -m pytest -q

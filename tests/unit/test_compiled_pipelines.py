@@ -162,3 +162,15 @@ def test_compile_rejects_a_profile_it_cannot_honour(tmp_path, capsys, stages, me
     assert main(["compile", "part-dpo", "--profile", str(profile), "-o", str(tmp_path / "p.yaml")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "p.yaml").exists()
+
+
+def test_planner_dpo_unrolls_one_round_per_shard(tmp_path):
+    """tiny: three iterations; single-round: the same pipeline with one."""
+    for preset, rounds in (("tiny", 3), ("single-round", 1)):
+        out = tmp_path / f"{preset}.yaml"
+        assert main(["compile", "planner-dpo", "--preset", preset, "-o", str(out)]) == 0
+        spec = next(yaml.safe_load_all(out.read_text()))
+        tasks = [n for dag in [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
+                 for n in dag["tasks"]]
+        assert sum(n.startswith("train-planner") for n in tasks) == rounds, preset
+        assert sum(n.startswith("evaluate-planner") for n in tasks) == rounds + 1, preset  # + the base

@@ -133,6 +133,27 @@ def config_class(spec: StageSpec) -> type[Config]:
     return getattr(importlib.import_module(module), cls)
 
 
+# Fault injection for recovery tests and drills: "<stage>" or "<stage>:<iteration>" makes
+# that stage fail before it starts, as a crashed or stopped task would.
+FAIL_ENV = "GENALIGN_FAIL_STAGE"
+
+
+class InjectedFailure(RuntimeError):
+    """The failure GENALIGN_FAIL_STAGE asked for."""
+
+
+def _fail_if_asked(name: str, params: dict[str, Any], tags: dict[str, str] | None) -> None:
+    import os
+
+    want = os.environ.get(FAIL_ENV)
+    if not want:
+        return
+    stage, _, iteration = want.partition(":")
+    found = params.get("iteration", (tags or {}).get(ITERATION_TAG))
+    if stage == name and (not iteration or str(found) == iteration):
+        raise InjectedFailure(f"{FAIL_ENV}={want}: stage {name} fails on purpose")
+
+
 def run_stage(
     name: str,
     config: dict[str, Any],
@@ -175,6 +196,7 @@ def run_stage(
     else:
         tracker = NullTracker()
     tracker.log_params(flatten(cfg.to_dict()))
+    _fail_if_asked(name, params, tags)
     module = importlib.import_module(f"genalign.stages.{spec.module}")
     kwargs: dict[str, Any] = {k: None for k in spec.optional}
     kwargs.update({k: ([Path(p) for p in v] if isinstance(v, list) else Path(v)) for k, v in inputs.items()})

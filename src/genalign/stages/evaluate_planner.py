@@ -125,7 +125,7 @@ def run(cfg: EvaluatePlannerConfig, *, model: Path, eval_dataset: Path, history:
 
     if (iteration == BASE_ITERATION) != (history is None):
         raise ValueError(f"evaluate-planner: iteration {iteration} needs "
-                         f"{'no history (it is the base)' if history is None else 'the previous report as history'}")
+                         f"{'no history (it is the base)' if history is not None else 'the previous report as history'}")
     previous = []
     if history is not None:
         read_manifest(history, "report")

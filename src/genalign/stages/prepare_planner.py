@@ -95,11 +95,12 @@ def _write_datasets(cfg: PreparePlannerConfig, dataset: Path, eval_dataset: Path
 
 
 def _write(out: Path, rows: list[dict], cfg: PreparePlannerConfig, fp: str, split: str, counts: dict,
-           copy_from: Path) -> None:
+           copy_from: Path, sources: dict[str, Path] | None = None) -> None:
+    """`sources`: where an image named differently in the artifact comes from."""
     with atomic_dir(out) as tmp:
         for row in rows:
             for rel in [*row["images"], *([row["meta"]["scene"]] if "scene" in row.get("meta", {}) else [])]:
-                link_or_copy(copy_from / rel, tmp / rel)
+                link_or_copy((sources or {}).get(rel, copy_from / rel), tmp / rel)
         atomic_write_text(tmp / ROWS, "".join(json.dumps(r) + "\n" for r in rows))
         write_manifest(tmp, kind="dataset", config=cfg.to_dict(), counts=counts, hash_files=[ROWS],
                        extra={"fingerprint": fp, "split": split})
@@ -130,19 +131,27 @@ def _mmsi(cfg: PreparePlannerConfig, dataset: Path, eval_dataset: Path, fp: str)
         folder, _, name = cfg.data.rpartition("/")
         path = resolve(folder) / name
     data = load_mmsi(path)
-    rows = [
-        {"id": r.id, "images": list(r.images), "question": r.question, "options": list(r.options),
-         "answer": r.answer, "question_type": r.question_type, "meta": dict(r.meta)}
-        for r in data.rows
-    ]
+    # An image given by an absolute path or one outside the data folder ("../x.png") gets a
+    # name inside the artifact, which is then self-contained (`tmp / rel` would escape it).
+    sources: dict[str, Path] = {}
+    rows = []
+    for r in data.rows:
+        images = []
+        for n, (rel, src) in enumerate(zip(r.images, r.image_paths)):
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                rel = f"external/{r.id}_{n}{src.suffix}"
+                sources[rel] = src
+            images.append(rel)
+        rows.append({"id": r.id, "images": images, "question": r.question, "options": list(r.options),
+                     "answer": r.answer, "question_type": r.question_type, "meta": dict(r.meta)})
     if len(rows) < 2:
         raise ValueError(f"{path}: {len(rows)} usable row(s) ({len(data.skipped)} skipped); need at least 2")
     random.Random(cfg.seed).shuffle(rows)
     n_eval = min(cfg.eval_samples, len(rows) // 2)
     train, held = rows[n_eval:][: cfg.train_samples], rows[:n_eval]
     counts = {"train": len(train), "eval": len(held), "skipped": len(data.skipped)}
-    _write(dataset, train, cfg, fp, "train", counts, path.parent)
-    _write(eval_dataset, held, cfg, fp, "eval", counts, path.parent)
+    _write(dataset, train, cfg, fp, "train", counts, path.parent, sources)
+    _write(eval_dataset, held, cfg, fp, "eval", counts, path.parent, sources)
     if data.skipped:
         atomic_write_json(dataset / "skipped.json", [s.__dict__ for s in data.skipped])
     return counts

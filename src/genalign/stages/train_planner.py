@@ -64,6 +64,7 @@ def run(cfg: TrainPlannerConfig, *, model: Path, pairs: Path, adapter: Path, mer
                 shutil.move(str(f), tmp / f.name)
             write_manifest(tmp, kind="adapter", config=cfg.to_dict(), inputs={"model": str(model), "pairs": str(pairs)},
                            counts={"pairs": len(kept)}, extra={"fingerprint": fp})
+        tracker.log_artifact(adapter, "adapter")  # every iteration's adapter, in its stage run
         merge_adapter(base, adapter, merged)
     write_manifest(merged, kind="model", config=cfg.to_dict(), inputs={"model": str(model), "adapter": str(adapter)},
                    extra={"fingerprint": fp})
