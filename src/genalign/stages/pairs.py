@@ -49,6 +49,17 @@ def write_pair_files(out: Path, pairs: list[Pair], samples: list[ScoredSample]) 
         write_qwen_json(out / "pairs.qwen.json", resolved)
 
 
+def score_stats(shards: list[tuple[Path, list[ScoredSample]]]) -> dict[str, float] | None:
+    """The distribution of the valid scores the pairs were mined from (for reports)."""
+    import statistics
+
+    values = [r.score for _, rows in shards for r in rows if r.score is not None]
+    if not values:
+        return None
+    return {"n": len(values), "mean": statistics.fmean(values), "median": statistics.median(values),
+            "min": min(values), "max": max(values)}
+
+
 def pair_file_names(out: Path) -> list[str]:
     names = ["pairs.jsonl", "samples.jsonl", "pairs.trl.jsonl", "pairs.qwen.json"]
     return [n for n in names if (out / n).is_file()]
@@ -99,7 +110,7 @@ def run(cfg: PairsConfig, *, scored: list[Path], pairs: Path, tracker: Tracker) 
         stats = summarize(MiningResult(pairs=all_pairs, counts=counts))
         write_manifest(
             tmp, kind="pairs", config=cfg.to_dict(), inputs={"scored": [str(d) for d in scored]},
-            counts=counts, hash_files=pair_file_names(tmp), extra={"fingerprint": fp, "gap": stats["gap"]},
+            counts=counts, hash_files=pair_file_names(tmp), extra={"fingerprint": fp, "gap": stats["gap"], "scores": score_stats(shards)},
         )
     metrics = {f"pairs/{k}": float(v) for k, v in counts.items()}
     metrics.update({f"pairs/gap_{k}": float(v) for k, v in (stats["gap"] or {}).items()})
