@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from genalign.data.mmsi import MMSIError
@@ -342,7 +343,7 @@ def test_ties_are_counted_and_weak_pairs_flagged(handmade):
     assert not pairs[ids[0]].weak and not pairs[ids[3]].weak
 
 
-def test_a_shard_of_ties_raises_no_pairs_with_the_reasons(handmade, tmp_path):
+def test_a_round_of_ties_is_counted_and_trains_nothing_wrong(handmade, tmp_path):
     d, _, ids, _, _ = handmade
     make_samples(tmp_path / "samples", d / "dataset", {
         ids[1]: ["not a plan", "<instructions>"],  # both -1.0
@@ -355,6 +356,22 @@ def test_a_shard_of_ties_raises_no_pairs_with_the_reasons(handmade, tmp_path):
     with pytest.raises(NoPairsError, match=r"no pairs from 1 scored shard.*'ties': 2"):
         run_stage("pairs", PAIRS, inputs={"scored": [tmp_path / "scored"]}, outputs={"pairs": tmp_path / "pairs"})
     assert not (tmp_path / "pairs").exists()
+    # Iterative runs go on: an empty, counted pairs artifact; the round trains an untrained
+    # adapter that leaves the base planner as it is.
+    result = run_stage("pairs", {**PAIRS, "allow_empty": True}, inputs={"scored": [tmp_path / "scored"]},
+                       outputs={"pairs": tmp_path / "pairs"})
+    assert result.metrics["pairs/pairs"] == 0 and result.metrics["pairs/ties"] == 2
+    assert (tmp_path / "pairs" / "pairs.jsonl").read_text() == ""
+    run_stage("accumulate-pairs", {}, inputs={"pairs": tmp_path / "pairs"}, outputs={"accumulated": tmp_path / "acc"})
+    trained = run_stage("train-planner", TRAIN, inputs={"model": d / "model", "pairs": tmp_path / "acc"},
+                        outputs={"adapter": tmp_path / "adapter", "merged": tmp_path / "merged"})
+    assert trained.metrics["train/steps"] == 0
+    meta = json.loads((tmp_path / "adapter" / "genalign.json").read_text())
+    assert "no pairs" in meta["note"]
+    base, _ = load_vlm(planner_dir(d / "model"))
+    merged, _ = load_vlm(tmp_path / "merged")
+    for (name, a), (_, b) in zip(base.state_dict().items(), merged.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)
 
 
 def test_executor_timeouts_are_counted_and_reveal_nothing(handmade, tmp_path, monkeypatch):

@@ -77,6 +77,13 @@ class PairsConfig(Config):
         0.1, help="Relative tolerance |a - b| / max(|a|, |b|) on similar_key inside a pair."
     )
     seed: int = field(0, help="Seed of the subset drawn when max_pairs_per_condition caps.")
+    # Iterative pipelines: a round whose questions all tie adds no pairs and the run goes
+    # on with the pairs of earlier rounds; a single round with no pairs has nothing to train.
+    allow_empty: bool = field(
+        False,
+        help="When no condition yields a pair, write an empty pairs artifact (counted, with "
+        "the reasons) instead of failing with NoPairsError.",
+    )
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

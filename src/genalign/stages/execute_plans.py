@@ -29,7 +29,8 @@ from genalign.tracking import Tracker
 
 
 def scene_of(row: dict[str, Any], dataset: Path, executor: str) -> Any:
-    """What the executor edits: the synthetic scene (render-view), else the row itself."""
+    """What the executor edits: the synthetic scene (render-view), else the row with its
+    images' paths (`image_paths`, for an image-editing executor)."""
     from genalign.data.spatial_scenes import load_scene
 
     if executor == "render-view":
@@ -37,7 +38,7 @@ def scene_of(row: dict[str, Any], dataset: Path, executor: str) -> Any:
             raise ValueError(f"{dataset}: question {row['id']!r} has no meta.scene; the render-view executor "
                              "needs the synthetic scenes (prepare.source: synthetic)")
         return load_scene(dataset / row["meta"]["scene"])
-    return row
+    return {**row, "image_paths": [dataset / rel for rel in row["images"]]}
 
 
 def plan_of(text: Any) -> dict[str, Any]:

@@ -92,11 +92,15 @@ def run(cfg: PairsConfig, *, scored: list[Path], pairs: Path, tracker: Tracker) 
             source[r.sample_id] = (directory, r)
     counts["shards"] = len(shards)
     counts["shards_without_pairs"] = empty_shards
-    if not all_pairs:
+    if not all_pairs and not cfg.allow_empty:
         reasons = {k: v for k, v in counts.items() if v and k not in ("pairs", "shards")}
         raise NoPairsError(f"pairs: no pairs from {len(shards)} scored shard(s) {[str(d) for d, _ in shards]}; counts: {reasons}")
 
-    if all(isinstance(source[p.chosen][1].output, str) for p in all_pairs):
+    if not all_pairs:  # allow_empty: an iteration whose questions all tied adds nothing
+        import logging
+
+        logging.getLogger(__name__).warning("pairs: no pairs from %d shard(s); counts: %s", len(shards), counts)
+    elif all(isinstance(source[p.chosen][1].output, str) for p in all_pairs):
         all_pairs = [with_texts(p, source[p.chosen][1], source[p.rejected][1]) for p in all_pairs]
     with atomic_dir(pairs) as tmp:
         used = []

@@ -42,16 +42,19 @@ def run(cfg: TrainPlannerConfig, *, model: Path, pairs: Path, adapter: Path, mer
     rows = read_jsonl(pairs / "pairs.jsonl", Pair)
     kept, weak = weight_weak_pairs(planner_pairs(rows), cfg.dpo.weak_pair_weight, cfg.dpo.seed)
     base = planner_dir(model)
-    iterations = sorted({p.iteration for p in rows})
+    iterations = sorted({p.iteration for p in rows}) or [int(pairs_manifest.get("iteration", 0))]
     with tempfile.TemporaryDirectory(dir=adapter.parent, prefix=f".{adapter.name}.") as scratch:
         trl_file = Path(scratch) / "train.trl.jsonl"
         write_trl_jsonl(trl_file, kept)
         work = Path(scratch) / "adapter"
-        metrics = launch_lm_dpo(
-            dataclasses.replace(cfg.dpo, weak_pair_weight=1.0), base_model_dir=base, pairs_file=trl_file,
-            image_root=pairs, out_dir=work, processes=cfg.processes,
-            tracker=tracker if cfg.processes == 1 else None, base_model_ref=str(model),
-        )
+        if not kept:  # every round so far tied: nothing to learn from yet
+            metrics = _untrained(cfg, base, work, str(model))
+        else:
+            metrics = launch_lm_dpo(
+                dataclasses.replace(cfg.dpo, weak_pair_weight=1.0), base_model_dir=base, pairs_file=trl_file,
+                image_root=pairs, out_dir=work, processes=cfg.processes,
+                tracker=tracker if cfg.processes == 1 else None, base_model_ref=str(model),
+            )
         metrics = {**metrics, "weak_pairs": float(weak["weak_kept"]), "weak_pairs_dropped": float(weak["weak_dropped"])}
         meta = json.loads((work / "genalign.json").read_text())
         meta.update({"metrics": metrics, "config": cfg.to_dict(), "iteration": max(iterations),
@@ -69,3 +72,28 @@ def run(cfg: TrainPlannerConfig, *, model: Path, pairs: Path, adapter: Path, mer
     write_manifest(merged, kind="model", config=cfg.to_dict(), inputs={"model": str(model), "adapter": str(adapter)},
                    extra={"fingerprint": fp})
     return StageResult(metrics=metrics, summary={"pairs": len(kept), "iterations": iterations})
+
+
+def _untrained(cfg: TrainPlannerConfig, base: Path, out: Path, base_ref: str) -> dict[str, float]:
+    """A fresh adapter saved without training (LoRA's B = 0, DoRA's magnitude = the weight
+    norm: the base model unchanged), for a round that has no pairs to train on."""
+    import shutil as _shutil
+
+    from peft import LoraConfig, get_peft_model
+
+    from genalign.models.vlm import load_vlm
+    from genalign.trainers.lm_dpo import GENALIGN_JSON, METHOD, adapter_targets
+
+    metrics = {"train/steps": 0.0, "pairs": 0.0}
+    model, processor = load_vlm(base)
+    if cfg.dpo.adapter == "full":
+        _shutil.copytree(base, out)
+    else:
+        lora = LoraConfig(r=cfg.dpo.rank, lora_alpha=cfg.dpo.alpha, lora_dropout=cfg.dpo.dropout,
+                          target_modules=adapter_targets(model, cfg.dpo), use_dora=cfg.dpo.adapter == "dora")
+        get_peft_model(model, lora).save_pretrained(out)
+    atomic_write_json(out / GENALIGN_JSON, {
+        "base_model": base_ref, "method": METHOD, "loss_type": cfg.dpo.loss_type, "adapter_type": cfg.dpo.adapter,
+        "metrics": metrics, "note": "no pairs to train on: an untrained adapter, equal to the base",
+    })
+    return metrics
