@@ -384,7 +384,7 @@ def test_executor_timeouts_are_counted_and_reveal_nothing(handmade, tmp_path, mo
 
     real = render_view.render_scene
     monkeypatch.setattr(render_view, "render_scene", slow)
-    cfg = {"options": {"timeout_s": 0.01}}
+    cfg = {"render_view": {"timeout_s": 0.01}}
     executed = run_stage("execute-plans", cfg, inputs={"samples": out / "samples", "dataset": d / "dataset"},
                          outputs={"executed": tmp_path / "executed"})
     assert executed.summary["timeout"] == 7 and executed.summary["failed"] == 2 and executed.summary["ok"] == 0

@@ -130,9 +130,10 @@ def test_render_error_is_a_failed_execution(scene, monkeypatch):
 
 
 def test_executor_table_and_config():
-    assert sorted(EXECUTORS) == ["render-view"]
+    assert sorted(EXECUTORS) == ["diffusers-edit", "render-view"]
     with pytest.raises(
-        ValueError, match=r"unknown executor 'flux'; valid executors are \['render-view'\]"
+        ValueError,
+        match=r"unknown executor 'flux'; valid executors are \['diffusers-edit', 'render-view'\]",
     ):
         get_executor("flux")
     with pytest.raises(ConfigError, match="unknown key"):

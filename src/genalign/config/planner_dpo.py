@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from genalign.config.base import Config, field
+from genalign.config.diffusers_edit import DiffusersEditConfig
 from genalign.config.judge import JudgeConfig
 from genalign.config.lm_dpo import LMDPOConfig
 from genalign.config.planner import PlannerSamplingConfig, PlannerSFTConfig
@@ -91,14 +92,23 @@ class RolloutPlannerConfig(Config):
 class ExecuteConfig(Config):
     """Turning every instruction into an image."""
 
-    executor: str = field(
+    executor: Literal["render-view", "diffusers-edit"] = field(
         "render-view",
         help="Executor by name (`genalign.executors.EXECUTORS`): render-view renders the "
-        "synthetic scene from the named viewpoint.",
+        "synthetic scene from the named viewpoint (CPU); diffusers-edit edits the question's "
+        "first image as the instruction asks with a diffusers pipeline (Flux.2 Klein, GPU).",
     )
-    options: ExecutorConfig = field(
-        default_factory=ExecutorConfig, help="The executor's settings (size, timeout)."
+    render_view: ExecutorConfig = field(
+        default_factory=ExecutorConfig, help="render-view's settings (size, timeout)."
     )
+    diffusers_edit: DiffusersEditConfig = field(
+        default_factory=DiffusersEditConfig,
+        help="diffusers-edit's settings (model reference, steps, guidance, size, timeout).",
+    )
+
+    def options(self) -> Config:
+        """The settings of the chosen executor."""
+        return self.render_view if self.executor == "render-view" else self.diffusers_edit
 
 
 @dataclass(frozen=True)

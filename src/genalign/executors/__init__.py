@@ -9,22 +9,25 @@ caller counts them. Look one up by name in the explicit table `EXECUTORS`:
     >>> ex = get_executor("render-view", {"image_size": 56})
     >>> result = ex.execute(scene, "view from the top")  # result.image: uint8 [56, 56, 3]
 
-| name | does | where |
-|---|---|---|
-| `render-view` | renders the synthetic scene (`genalign.data.spatial_scenes`) from the viewpoint the instruction names; CPU, milliseconds | `executors/render_view.py` |
+| name | config | does | where |
+|---|---|---|---|
+| `render-view` | `ExecutorConfig` | renders the synthetic scene (`genalign.data.spatial_scenes`) from the viewpoint the instruction names; CPU, milliseconds | `executors/render_view.py` |
+| `diffusers-edit` | `DiffusersEditConfig` | edits the real-data row's input image as the instruction asks with a diffusers pipeline (Flux.2 Klein); GPU, about a second | `executors/diffusers_edit.py` |
 
-The generative executor of real data (Flux.2 Klein through diffusers, on a GPU, editing
-the sample's input images as the instruction asks) joins this table under its own name.
+`get_executor` takes each executor's own config class, or a dict checked strictly
+against it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 
+from genalign.config.base import Config, ConfigError
+from genalign.config.diffusers_edit import DiffusersEditConfig
 from genalign.config.planner_world import ExecutorConfig
 
 
@@ -64,18 +67,38 @@ def _render_view(cfg: ExecutorConfig) -> Executor:
     return RenderViewExecutor(cfg)
 
 
-EXECUTORS: dict[str, Callable[[ExecutorConfig], Executor]] = {
-    "render-view": _render_view,
+def _diffusers_edit(cfg: DiffusersEditConfig) -> Executor:
+    from genalign.executors.diffusers_edit import DiffusersEditExecutor
+
+    return DiffusersEditExecutor(cfg)
+
+
+class ExecutorEntry(NamedTuple):
+    """An executor's config class and the function that builds it from that config."""
+
+    config: type[Config]
+    build: Callable[[Any], Executor]
+
+
+EXECUTORS: dict[str, ExecutorEntry] = {
+    "render-view": ExecutorEntry(ExecutorConfig, _render_view),
+    "diffusers-edit": ExecutorEntry(DiffusersEditConfig, _diffusers_edit),
 }
 
 
-def get_executor(name: str, cfg: ExecutorConfig | dict[str, Any] | None = None) -> Executor:
+def get_executor(name: str, cfg: Config | dict[str, Any] | None = None) -> Executor:
     """Build the executor called `name` from its config (a dict is checked strictly)."""
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; valid executors are {sorted(EXECUTORS)}")
-    if not isinstance(cfg, ExecutorConfig):
-        cfg = ExecutorConfig.from_dict(cfg or {})
-    return EXECUTORS[name](cfg)
+    entry = EXECUTORS[name]
+    if cfg is None or isinstance(cfg, dict):
+        cfg = entry.config.from_dict(cfg or {})
+    elif not isinstance(cfg, entry.config):
+        raise ConfigError(
+            f"executor {name!r} takes a {entry.config.__name__} or a dict, "
+            f"got a {type(cfg).__name__}"
+        )
+    return entry.build(cfg)
 
 
-__all__ = ["EXECUTORS", "ExecutionResult", "Executor", "get_executor"]
+__all__ = ["EXECUTORS", "ExecutionResult", "Executor", "ExecutorEntry", "get_executor"]

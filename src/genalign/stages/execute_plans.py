@@ -58,7 +58,7 @@ def execute_rows(rows: list[Sample], by_id: dict[str, dict], dataset: Path, cfg:
     from genalign.executors import get_executor
     from genalign.render.parts_image import save_png
 
-    executor = get_executor(cfg.executor, cfg.options)
+    executor = get_executor(cfg.executor, cfg.options())
     scenes: dict[str, Any] = {}
     counts = {"plans": 0, "malformed": 0, "empty": 0, "instructions": 0, "ok": 0, "failed": 0, "timeout": 0}
     done = []
