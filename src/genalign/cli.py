@@ -279,6 +279,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise ConfigError("--timeout applies to --wait; add --wait")
     arguments = load_preset(args.pipeline, args.preset, args.set)
     profile = _load_profile(args.profile, args.pipeline)
+    resume = _resume(args, arguments)
     namespace = args.namespace or (profile.namespace if profile else None)
     service_account = profile.service_account if profile else None
     experiment = args.experiment or arguments.get("experiment") or args.pipeline
@@ -288,7 +289,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         package = Path(tmp) / f"{args.pipeline}.yaml"
-        _compile(args.pipeline, arguments, profile, package)
+        _compile(args.pipeline, arguments, profile, package, resume)
         if args.dry_run:
             spec = next(yaml.safe_load_all(package.read_text()))
             plan = {
@@ -331,7 +332,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     arguments = load_preset(args.pipeline, args.preset, args.set)
     uri = tracking_uri()
-    resume = _resume(args, arguments, uri)
+    resume = _resume(args, arguments)
     os.environ["MLFLOW_TRACKING_URI"] = uri  # every task of the local run logs to the same store
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # kfp.local runs the shards of a ParallelFor side by side; one thread each avoids
@@ -359,8 +360,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resume(args: argparse.Namespace, arguments: dict[str, Any], uri: str) -> dict | None:
-    """The resume plan of --resume-from/--resume-iter (read from MLflow), or None."""
+def _resume(args: argparse.Namespace, arguments: dict[str, Any]) -> dict | None:
+    """The resume plan of --resume-from/--resume-iter (read from MLflow, which must be the
+    store the earlier run logged to: MLFLOW_TRACKING_URI), or None."""
     if args.resume_from is None and args.resume_iter is None:
         return None
     if args.resume_from is None or args.resume_iter is None:
@@ -459,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="with --wait: give up waiting after this many seconds")
     p.add_argument("--poll", type=float, default=10.0, help="with --wait: seconds between status checks")
     p.add_argument("--dry-run", action="store_true", help="print what would be sent and send nothing")
+    p.add_argument("--resume-from", metavar="RUN", help="iterative pipelines: the KFP run id to continue")
+    p.add_argument("--resume-iter", metavar="K", type=int,
+                   help="with --resume-from: start at iteration K, importing iterations < K")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("stage", help="run one stage on local paths")
