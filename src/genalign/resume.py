@@ -1,7 +1,7 @@
 """Resuming an iterative pipeline run from iteration k with the artifacts of iterations < k.
 
 Every stage's MLflow child run records, once the stage has succeeded, its stage name
-(`genalign.stage`), its iteration (`genalign.iteration`) and the URI of each output
+(`genalign.stage_name`), its iteration (`genalign.iteration`) and the URI of each output
 (`genalign.output.<name>`). `resume_plan` reads them back for the run being resumed
 (by its KFP run id, the parent run's `genalign.pipeline_run` tag) and returns what
 `pipelines.planner_dpo.make_planner_dpo(resume=...)` imports instead of recomputing:

@@ -111,7 +111,7 @@ STAGES: dict[str, StageSpec] = {
 }
 
 
-STAGE_TAG = "genalign.stage"
+STAGE_TAG = "genalign.stage_name"  # the stage ("rollout-planner"); genalign.stage is the run label
 ITERATION_TAG = "genalign.iteration"
 OUTPUT_TAG = "genalign.output."
 
