@@ -14,8 +14,8 @@ from genalign.config.planner_dpo import AccumulateConfig
 from genalign.pairs import accumulate
 from genalign.records import Pair, ScoredSample, read_jsonl
 from genalign.stages import StageResult
-from genalign.stages.common import completed, fingerprint, link_or_copy
-from genalign.stages.pairs import pair_file_names, write_pair_files
+from genalign.stages.common import completed, fingerprint
+from genalign.stages.pairs import copy_samples, pair_file_names, write_pair_files
 from genalign.storage import atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
 
@@ -40,14 +40,7 @@ def run(cfg: AccumulateConfig, *, pairs: Path, previous: Path | None, accumulate
     counts = {"pairs": len(merged), "weak": sum(p.weak for p in merged), "by_iteration": by_iteration}
     if not completed(accumulated, "pairs", fp):
         with atomic_dir(accumulated) as tmp:
-            used = []
-            for sid in dict.fromkeys(s for p in merged for s in (p.chosen, p.rejected)):
-                directory, row = samples[sid]
-                used.append(row)
-                for rel in row.files.values():
-                    if not (tmp / rel).exists():
-                        link_or_copy(directory / rel, tmp / rel)
-            write_pair_files(tmp, merged, used)
+            write_pair_files(tmp, merged, copy_samples(merged, samples, tmp))
             write_manifest(tmp, kind="pairs", config=cfg.to_dict(), counts=counts, hash_files=pair_file_names(tmp),
                            inputs={"pairs": str(pairs), "previous": str(previous) if previous else ""},
                            extra={"fingerprint": fp})

@@ -12,7 +12,10 @@ from genalign.storage import MANIFEST, config_hash
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link `src` to `dst` (same file system) or copy it."""
+    """Hard-link `src` to `dst` (same file system) or copy it; a `dst` already there is
+    kept (rows of one artifact share files, such as a question's image)."""
+    if dst.exists():
+        return
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)

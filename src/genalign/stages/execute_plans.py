@@ -98,7 +98,7 @@ def run(cfg: ExecuteConfig, *, samples: Path, dataset: Path, executed: Path, tra
         done, counts = execute_rows(rows, by_id, dataset, cfg, tmp)
         for s in done:
             for key, rel in s.files.items():
-                if not key.startswith("generated_") and not (tmp / rel).exists():
+                if not key.startswith("generated_"):
                     link_or_copy(samples / rel, tmp / rel)
         write_jsonl(tmp / "samples.jsonl", done)
         seconds = time.perf_counter() - start

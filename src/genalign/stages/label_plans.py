@@ -95,8 +95,7 @@ def run(cfg: LabelConfig, *, executed: Path, dataset: Path, scored: Path, tracke
     with atomic_dir(scored) as tmp:
         for s in out:
             for rel in s.files.values():
-                if not (tmp / rel).exists():
-                    link_or_copy(executed / rel, tmp / rel)
+                link_or_copy(executed / rel, tmp / rel)
         write_jsonl(tmp / "scored.jsonl", out)
         write_manifest(tmp, kind="scored", config=cfg.to_dict(), counts=counts, hash_files=["scored.jsonl"],
                        inputs={"executed": str(executed), "dataset": str(dataset)},

@@ -36,6 +36,18 @@ def with_texts(pair: Pair, chosen: ScoredSample, rejected: ScoredSample) -> Pair
     })
 
 
+def copy_samples(pairs: list[Pair], source: dict[str, tuple[Path, ScoredSample]], out: Path) -> list[ScoredSample]:
+    """The sample rows the pairs name, in order of first use, with their files linked into
+    `out` from the artifact each came from (`source`: sample id -> (directory, row))."""
+    used = []
+    for sid in dict.fromkeys(s for p in pairs for s in (p.chosen, p.rejected)):
+        directory, row = source[sid]
+        used.append(row)
+        for rel in row.files.values():
+            link_or_copy(directory / rel, out / rel)
+    return used
+
+
 def write_pair_files(out: Path, pairs: list[Pair], samples: list[ScoredSample]) -> None:
     """pairs.jsonl and samples.jsonl; for text pairs also pairs.trl.jsonl (trl's DPO rows)
     and pairs.qwen.json (Qwen-VL-Series-Finetune's DPO format), images relative to `out`."""
@@ -103,14 +115,7 @@ def run(cfg: PairsConfig, *, scored: list[Path], pairs: Path, tracker: Tracker) 
     elif all(isinstance(source[p.chosen][1].output, str) for p in all_pairs):
         all_pairs = [with_texts(p, source[p.chosen][1], source[p.rejected][1]) for p in all_pairs]
     with atomic_dir(pairs) as tmp:
-        used = []
-        for sid in dict.fromkeys(s for p in all_pairs for s in (p.chosen, p.rejected)):
-            directory, row = source[sid]
-            used.append(row)
-            for rel in row.files.values():
-                if not (tmp / rel).exists():
-                    link_or_copy(directory / rel, tmp / rel)
-        write_pair_files(tmp, all_pairs, used)
+        write_pair_files(tmp, all_pairs, copy_samples(all_pairs, source, tmp))
         stats = summarize(MiningResult(pairs=all_pairs, counts=counts))
         write_manifest(
             tmp, kind="pairs", config=cfg.to_dict(), inputs={"scored": [str(d) for d in scored]},

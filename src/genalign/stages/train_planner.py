@@ -42,7 +42,7 @@ def run(cfg: TrainPlannerConfig, *, model: Path, pairs: Path, adapter: Path, mer
     rows = read_jsonl(pairs / "pairs.jsonl", Pair)
     kept, weak = weight_weak_pairs(planner_pairs(rows), cfg.dpo.weak_pair_weight, cfg.dpo.seed)
     base = planner_dir(model)
-    iterations = sorted({p.iteration for p in rows}) or [int(pairs_manifest.get("iteration", 0))]
+    iterations = sorted({p.iteration for p in rows}) or [0]
     with tempfile.TemporaryDirectory(dir=adapter.parent, prefix=f".{adapter.name}.") as scratch:
         trl_file = Path(scratch) / "train.trl.jsonl"
         write_trl_jsonl(trl_file, kept)
@@ -77,18 +77,16 @@ def run(cfg: TrainPlannerConfig, *, model: Path, pairs: Path, adapter: Path, mer
 def _untrained(cfg: TrainPlannerConfig, base: Path, out: Path, base_ref: str) -> dict[str, float]:
     """A fresh adapter saved without training (LoRA's B = 0, DoRA's magnitude = the weight
     norm: the base model unchanged), for a round that has no pairs to train on."""
-    import shutil as _shutil
-
     from peft import LoraConfig, get_peft_model
 
     from genalign.models.vlm import load_vlm
     from genalign.trainers.lm_dpo import GENALIGN_JSON, METHOD, adapter_targets
 
     metrics = {"train/steps": 0.0, "pairs": 0.0}
-    model, processor = load_vlm(base)
     if cfg.dpo.adapter == "full":
-        _shutil.copytree(base, out)
+        shutil.copytree(base, out)
     else:
+        model, _ = load_vlm(base)
         lora = LoraConfig(r=cfg.dpo.rank, lora_alpha=cfg.dpo.alpha, lora_dropout=cfg.dpo.dropout,
                           target_modules=adapter_targets(model, cfg.dpo), use_dora=cfg.dpo.adapter == "dora")
         get_peft_model(model, lora).save_pretrained(out)
