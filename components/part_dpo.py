@@ -57,42 +57,6 @@ def rollout_parts(
     )
 
 
-@dsl.component(base_image=images.CPU, install_kfp_package=False)
-def score_samples(
-    config: dict,
-    experiment: str,
-    pipeline_run: str,
-    samples: Input[Artifact],
-    scored: Output[Artifact],
-    metrics: Output[Metrics],
-):
-    """Inter-part penetration of every sample."""
-    from genalign.stages import run_stage
-
-    run_stage(
-        "score", config, inputs={"samples": samples.path}, outputs={"scored": scored.path},
-        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
-        metrics_output=metrics,
-    )
-
-
-@dsl.component(base_image=images.CPU, install_kfp_package=False)
-def mine_pairs(
-    config: dict,
-    experiment: str,
-    pipeline_run: str,
-    scored: Input[List[Artifact]],
-    pairs: Output[Artifact],
-    metrics: Output[Metrics],
-):
-    """Win/loss pairs from all scored shards, with counts of everything dropped and why."""
-    from genalign.stages import run_stage
-
-    run_stage(
-        "pairs", config, inputs={"scored": [a.path for a in scored]}, outputs={"pairs": pairs.path},
-        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
-        metrics_output=metrics,
-    )
 
 
 @dsl.component(base_image=images.CUDA, install_kfp_package=False)
@@ -146,34 +110,3 @@ def evaluate_parts(
     )
     shutil.copyfile(result.summary["html"], html.path)
     shutil.copyfile(result.summary["markdown"], summary.path)
-
-
-@dsl.component(base_image=images.CPU, install_kfp_package=False)
-def register_adapter(
-    config: dict,
-    experiment: str,
-    pipeline_run: str,
-    adapter: Input[Model],
-    report: Input[Artifact],
-    pairs: Input[Artifact],
-    registration: Output[Artifact],
-) -> str:
-    """Registers the adapter as an MLflow model version; returns "<name>/<version>"."""
-    from genalign.stages import run_stage
-
-    result = run_stage(
-        "register", config,
-        inputs={"adapter": adapter.path, "report": report.path, "pairs": pairs.path},
-        outputs={"registration": registration.path},
-        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
-    )
-    registration.metadata.update(result.summary)
-    return f"{result.summary['model_name']}/{result.summary['version']}"
-
-
-@dsl.component(base_image=images.CPU, install_kfp_package=False)
-def close_tracking(experiment: str, pipeline_run: str, status: dsl.PipelineTaskFinalStatus):
-    """Exit handler: marks the pipeline's MLflow parent run finished or failed."""
-    from genalign.tracking import end_pipeline_run
-
-    end_pipeline_run(experiment, pipeline_run, "FINISHED" if status.state == "SUCCEEDED" else "FAILED")

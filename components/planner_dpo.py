@@ -121,48 +121,6 @@ def label_plans(
     )
 
 
-@dsl.component(base_image=images.CPU, install_kfp_package=False)
-def mine_plan_pairs(
-    config: dict,
-    experiment: str,
-    pipeline_run: str,
-    iteration: int,
-    scored: Input[List[Artifact]],
-    pairs: Output[Artifact],
-    metrics: Output[Metrics],
-):
-    """Best vs worst plan per question of this iteration, in trl and Qwen-VL-Series-Finetune formats."""
-    from genalign.stages import run_stage
-
-    run_stage(
-        "pairs", config, inputs={"scored": [a.path for a in scored]}, outputs={"pairs": pairs.path},
-        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "planner-dpo"},
-        metrics_output=metrics, output_uris={"pairs": pairs.uri}, tags={"genalign.iteration": str(iteration)},
-    )
-
-
-@dsl.component(base_image=images.CPU, install_kfp_package=False)
-def accumulate_pairs(
-    config: dict,
-    experiment: str,
-    pipeline_run: str,
-    iteration: int,
-    pairs: Input[Artifact],
-    accumulated: Output[Artifact],
-    metrics: Output[Metrics],
-    previous: Input[Artifact] = None,
-):
-    """The pairs of iterations 0..i (this iteration's and the previous accumulation)."""
-    from genalign.stages import run_stage
-
-    run_stage(
-        "accumulate-pairs", config,
-        inputs={"pairs": pairs.path, "previous": previous.path if previous is not None else None},
-        outputs={"accumulated": accumulated.path},
-        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "planner-dpo"},
-        metrics_output=metrics, output_uris={"accumulated": accumulated.uri},
-        tags={"genalign.iteration": str(iteration)},
-    )
 
 
 @dsl.component(base_image=images.CUDA, install_kfp_package=False)
@@ -224,25 +182,3 @@ def evaluate_planner(
     )
     shutil.copyfile(result.summary.get("html") or f"{report.path}/report.html", html.path)
     shutil.copyfile(result.summary.get("markdown") or f"{report.path}/report.md", summary.path)
-
-
-@dsl.component(base_image=images.CPU, install_kfp_package=False)
-def register_planner(
-    config: dict,
-    experiment: str,
-    pipeline_run: str,
-    adapter: Input[Model],
-    report: Input[Artifact],
-    pairs: Input[Artifact],
-    registration: Output[Artifact],
-) -> str:
-    """Registers the final adapter as an MLflow model version; returns "<name>/<version>"."""
-    from genalign.stages import run_stage
-
-    result = run_stage(
-        "register", config, inputs={"adapter": adapter.path, "report": report.path, "pairs": pairs.path},
-        outputs={"registration": registration.path},
-        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "planner-dpo"},
-    )
-    registration.metadata.update(result.summary)
-    return f"{result.summary['model_name']}/{result.summary['version']}"

@@ -11,16 +11,8 @@ task (`pipelines/cluster.py`); `part_dpo` is the pipeline without one.
 
 from kfp import dsl
 
-from components.part_dpo import (
-    close_tracking,
-    evaluate_parts,
-    mine_pairs,
-    prepare_parts,
-    register_adapter,
-    rollout_parts,
-    score_samples,
-    train_flow_dpo,
-)
+from components.part_dpo import evaluate_parts, prepare_parts, rollout_parts, train_flow_dpo
+from components.shared import close_tracking, mine_pairs, register_model, score_samples
 
 from .cluster import apply_profile
 
@@ -53,14 +45,15 @@ def make_part_dpo(profile: dict | None = None):
                 )
                 apply_profile(roll, "rollout-parts", profile)
                 scored = score_samples(
-                    config=score, experiment=experiment, pipeline_run=run_id, samples=roll.outputs["samples"]
+                    config=score, experiment=experiment, pipeline_run=run_id, pipeline="part-dpo",
+                    samples=roll.outputs["samples"], shard=shard,
                 )
-                apply_profile(scored, "score", profile)
+                apply_profile(scored, "score-samples", profile)
             mined = mine_pairs(
-                config=pairs, experiment=experiment, pipeline_run=run_id,
+                config=pairs, experiment=experiment, pipeline_run=run_id, pipeline="part-dpo",
                 scored=dsl.Collected(scored.outputs["scored"]),
             )
-            apply_profile(mined, "pairs", profile)
+            apply_profile(mined, "mine-pairs", profile)
             trained = train_flow_dpo(
                 config=train, experiment=experiment, pipeline_run=run_id,
                 model=prep.outputs["model"], pairs=mined.outputs["pairs"],
@@ -71,11 +64,11 @@ def make_part_dpo(profile: dict | None = None):
                 adapter=trained.outputs["adapter"], conditions=prep.outputs["eval_conditions"],
             )
             apply_profile(evaluated, "evaluate-parts", profile)
-            registered = register_adapter(
-                config=register, experiment=experiment, pipeline_run=run_id, adapter=trained.outputs["adapter"],
-                report=evaluated.outputs["report"], pairs=mined.outputs["pairs"],
+            registered = register_model(
+                config=register, experiment=experiment, pipeline_run=run_id, pipeline="part-dpo",
+                adapter=trained.outputs["adapter"], report=evaluated.outputs["report"], pairs=mined.outputs["pairs"],
             )
-            apply_profile(registered, "register", profile)
+            apply_profile(registered, "register-model", profile)
 
     return part_dpo
 

@@ -14,19 +14,16 @@ imported from the earlier run (`dsl.importer`), and the run goes on from there.
 from kfp import dsl
 from kfp.dsl import Artifact, Model
 
-from components.part_dpo import close_tracking
 from components.planner_dpo import (
-    accumulate_pairs,
     evaluate_planner,
     execute_plans,
     label_plans,
-    mine_plan_pairs,
     prepare_planner,
-    register_planner,
     rollout_planner,
     shard_planner,
     train_planner,
 )
+from components.shared import accumulate_pairs, close_tracking, mine_pairs, register_model
 
 from .cluster import apply_profile
 
@@ -89,13 +86,12 @@ def make_planner_dpo(profile: dict | None = None, *, iterations: int = 5, resume
                     apply_profile(exe, "execute-plans", profile)
                     lab = label_plans(config=label, executed=exe.outputs["executed"], dataset=dataset, **track)
                     apply_profile(lab, "label-plans", profile)
-                mined = mine_plan_pairs(config=pairs, iteration=i, scored=dsl.Collected(lab.outputs["scored"]), **track)
-                apply_profile(mined, "pairs", profile)
-                if acc is None:
-                    accumulated = accumulate_pairs(config=accumulate, iteration=i, pairs=mined.outputs["pairs"], **track)
-                else:
-                    accumulated = accumulate_pairs(config=accumulate, iteration=i, pairs=mined.outputs["pairs"],
-                                                   previous=acc, **track)
+                mined = mine_pairs(config=pairs, iteration=i, scored=dsl.Collected(lab.outputs["scored"]),
+                                   pipeline="planner-dpo", **track)
+                apply_profile(mined, "mine-pairs", profile)
+                previous = {} if acc is None else {"previous": acc}
+                accumulated = accumulate_pairs(config=accumulate, iteration=i, pairs=mined.outputs["pairs"],
+                                               pipeline="planner-dpo", **previous, **track)
                 apply_profile(accumulated, "accumulate-pairs", profile)
                 acc = accumulated.outputs["accumulated"]
                 trained = train_planner(config=train, iteration=i, model=base, pairs=acc, **track)
@@ -106,8 +102,8 @@ def make_planner_dpo(profile: dict | None = None, *, iterations: int = 5, resume
                                       adapter=trained.outputs["adapter"], **track)
                 apply_profile(ev, "evaluate-planner", profile)
                 history = ev.outputs["report"]
-            registered = register_planner(config=register, adapter=trained.outputs["adapter"], report=history,
-                                          pairs=acc, **track)
-            apply_profile(registered, "register", profile)
+            registered = register_model(config=register, adapter=trained.outputs["adapter"], report=history,
+                                        pairs=acc, pipeline="planner-dpo", **track)
+            apply_profile(registered, "register-model", profile)
 
     return planner_dpo

@@ -398,12 +398,12 @@ def _print_resume_hint(args: argparse.Namespace, arguments: dict[str, Any], star
 def print_run_summary(pipeline: str, run_dir: Path, uri: str, seconds: float) -> None:
     """The before/after table, the registered version, where the report is, how to look."""
     report = run_dir / "evaluate-parts" / "report"
-    registration = run_dir / "register-adapter" / "registration" / "registration.json"
+    registration = run_dir / "register-model" / "registration" / "registration.json"
     if pipeline == "planner-dpo":  # the last iteration's cumulative report
         reports = sorted(run_dir.glob("evaluate-planner*/report/report.json"),
                          key=lambda p: json.loads(p.read_text())["iteration"])
         report = reports[-1].parent if reports else run_dir / "evaluate-planner" / "report"
-        registration = run_dir / "register-planner" / "registration" / "registration.json"
+        registration = run_dir / "register-model" / "registration" / "registration.json"
     print()
     print(f"== {pipeline}: finished in {seconds / 60:.1f} min; artifacts under {run_dir}")
     if (report / "table.txt").is_file():

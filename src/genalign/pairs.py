@@ -40,7 +40,7 @@ import random
 import statistics
 from typing import Any
 
-from genalign.config.pairs import PairsConfig
+from genalign.config.pairs import MinePairsConfig
 from genalign.records import Pair, ScoredSample
 
 CONDITION_REASONS = ("invalid_score", "too_few_samples", "ties", "no_winner", "no_loser")
@@ -59,7 +59,7 @@ def pair_id(cond_id: str, chosen: str, rejected: str) -> str:
     return f"{cond_id}:{chosen}>{rejected}"
 
 
-def mine_pairs(scored: list[ScoredSample], cfg: PairsConfig, *, iteration: int = 0) -> MiningResult:
+def mine_pairs(scored: list[ScoredSample], cfg: MinePairsConfig, *, iteration: int = 0) -> MiningResult:
     """Mine preference pairs from `scored`; pairs carry `iteration` (on-policy round)."""
     groups: dict[str, list[ScoredSample]] = {}
     seen: set[str] = set()
@@ -73,14 +73,14 @@ def mine_pairs(scored: list[ScoredSample], cfg: PairsConfig, *, iteration: int =
             if s.valid and not isinstance(s.detail.get(cfg.similar_key), (int, float)):
                 raise ValueError(
                     f"sample {s.sample_id!r}: detail has no number {cfg.similar_key!r} "
-                    f"(PairsConfig.similar_key); detail keys are {sorted(s.detail)}"
+                    f"(MinePairsConfig.similar_key); detail keys are {sorted(s.detail)}"
                 )
     if cfg.match_key is not None:
         for s in scored:
             if s.valid and not (isinstance(s.output, dict) and cfg.match_key in s.output):
                 raise ValueError(
                     f"sample {s.sample_id!r}: output has no key {cfg.match_key!r} "
-                    f"(PairsConfig.match_key); output is {s.output!r}"
+                    f"(MinePairsConfig.match_key); output is {s.output!r}"
                 )
 
     counts = {
@@ -181,30 +181,30 @@ def mine_pairs(scored: list[ScoredSample], cfg: PairsConfig, *, iteration: int =
     return MiningResult(pairs=pairs, counts=counts)
 
 
-def _badness(s: ScoredSample, cfg: PairsConfig) -> float:
+def _badness(s: ScoredSample, cfg: MinePairsConfig) -> float:
     """The score oriented so that smaller is better."""
     return -s.score if cfg.higher_is_better else s.score
 
 
 def _best_vs_worst(
-    valid: list[ScoredSample], cfg: PairsConfig
+    valid: list[ScoredSample], cfg: MinePairsConfig
 ) -> tuple[ScoredSample, ScoredSample]:
     best = min(valid, key=lambda s: (_badness(s, cfg), s.sample_id))
     worst = min(valid, key=lambda s: (-_badness(s, cfg), s.sample_id))
     return best, worst
 
 
-def _similar(a: ScoredSample, b: ScoredSample, cfg: PairsConfig) -> bool:
+def _similar(a: ScoredSample, b: ScoredSample, cfg: MinePairsConfig) -> bool:
     x, y = a.detail[cfg.similar_key], b.detail[cfg.similar_key]
     scale = max(abs(x), abs(y))
     return scale == 0 or abs(x - y) / scale <= cfg.similar_tolerance
 
 
-def _is_good(s: ScoredSample, cfg: PairsConfig) -> bool:
+def _is_good(s: ScoredSample, cfg: MinePairsConfig) -> bool:
     return s.score >= cfg.tau_good if cfg.higher_is_better else s.score <= cfg.tau_good
 
 
-def _is_bad(s: ScoredSample, cfg: PairsConfig) -> bool:
+def _is_bad(s: ScoredSample, cfg: MinePairsConfig) -> bool:
     return s.score <= cfg.tau_bad if cfg.higher_is_better else s.score >= cfg.tau_bad
 
 

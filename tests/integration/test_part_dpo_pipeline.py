@@ -33,9 +33,9 @@ def run_direct(args: dict, out: Path) -> dict[str, Path]:
     for shard in range(args["num_shards"]):
         run_stage("rollout-parts", args["rollout"], inputs={"conditions": paths["cond"], "model": paths["model"]},
                   outputs={"samples": out / f"samples{shard}"}, params={"shard": shard, "num_shards": args["num_shards"]})
-        run_stage("score", args["score"], inputs={"samples": out / f"samples{shard}"}, outputs={"scored": out / f"scored{shard}"})
+        run_stage("score-samples", args["score"], inputs={"samples": out / f"samples{shard}"}, outputs={"scored": out / f"scored{shard}"})
         scored.append(out / f"scored{shard}")
-    run_stage("pairs", args["pairs"], inputs={"scored": scored}, outputs={"pairs": paths["pairs"]})
+    run_stage("mine-pairs", args["pairs"], inputs={"scored": scored}, outputs={"pairs": paths["pairs"]})
     run_stage("train-flow-dpo", args["train"], inputs={"model": paths["model"], "pairs": paths["pairs"]},
               outputs={"adapter": paths["adapter"]})
     run_stage("evaluate-parts", args["evaluate"],
@@ -87,13 +87,13 @@ def test_mlflow_parent_child_runs_and_registry(runs):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     stages = sorted(r.data.tags["genalign.stage"] for r in children)
-    assert stages == sorted(["prepare-parts", "rollout-parts-0", "rollout-parts-1", "score", "score", "pairs",
-                             "train-flow-dpo", "evaluate-parts", "register"])
+    assert stages == sorted(["prepare-parts", "rollout-parts-0", "rollout-parts-1", "score-samples-0", "score-samples-1", "mine-pairs",
+                             "train-flow-dpo", "evaluate-parts", "register-model"])
     train_run = next(r for r in children if r.data.tags["genalign.stage"] == "train-flow-dpo")
     assert "train/loss" in train_run.data.metrics and "train/drift" in train_run.data.metrics
     assert train_run.data.params["beta"]
 
-    registration = json.loads(one(run_dir, "register-adapter/registration/registration.json").read_text())
+    registration = json.loads(one(run_dir, "register-model/registration/registration.json").read_text())
     mv = client.get_model_version_by_alias("genalign-part-dpo-test", "candidate")
     assert str(mv.version) == registration["version"]
     assert mv.tags["genalign.pipeline_run"] and mv.tags["genalign.base_model_sha256"]
@@ -110,8 +110,8 @@ def test_registered_adapter_reproduces_the_evaluation(runs, tmp_path):
     from genalign.models.part_dit import PartDiT
     from genalign.models.refs import resolve
     from genalign.models.vision import VisionEncoder
-    from genalign.stages.evaluate_parts import measure
-    from genalign.stages.rollout_parts import load_conditions
+    from genalign.stages.part_dpo.evaluate_parts import measure
+    from genalign.stages.part_dpo.rollout_parts import load_conditions
 
     args, _, run_dir = runs
     model = one(run_dir, "prepare-parts/model")

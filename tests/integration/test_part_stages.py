@@ -10,7 +10,7 @@ import pytest
 from genalign.models.part_codec import PartParams, part_mesh, save_glb
 from genalign.records import RecordError, Sample, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import run_stage
-from genalign.stages.pairs import NoPairsError
+from genalign.stages.shared.mine_pairs import NoPairsError
 from genalign.storage import ArtifactError, write_manifest
 
 pytestmark = pytest.mark.integration
@@ -38,9 +38,9 @@ def test_rollout_and_score_resume(prepared, tmp_path):
             assert (tmp_path / "s" / f).is_file()
     again = run_stage("rollout-parts", cfg, inputs=ins, outputs={"samples": tmp_path / "s"}, params={"shard": 1, "num_shards": 2})
     assert again.metrics["rollout/resumed"] == 1.0
-    scored = run_stage("score", {"workers": 1}, inputs={"samples": tmp_path / "s"}, outputs={"scored": tmp_path / "sc"})
+    scored = run_stage("score-samples", {"penetration": {"workers": 1}}, inputs={"samples": tmp_path / "s"}, outputs={"scored": tmp_path / "sc"})
     assert scored.metrics["score/samples"] == 4
-    assert run_stage("score", {"workers": 1}, inputs={"samples": tmp_path / "s"},
+    assert run_stage("score-samples", {"penetration": {"workers": 1}}, inputs={"samples": tmp_path / "s"},
                      outputs={"scored": tmp_path / "sc"}).metrics["score/resumed"] == 1.0
 
 
@@ -48,14 +48,14 @@ def test_killed_score_leaves_no_half_written_output(prepared, tmp_path, monkeypa
     run_stage("rollout-parts", {"samples_per_condition": 2, "steps": 2},
               inputs={"conditions": prepared / "cond", "model": prepared / "model"},
               outputs={"samples": tmp_path / "s"}, params={"shard": 0, "num_shards": 2})
-    import genalign.stages.score as score_stage
+    import genalign.stages.shared.score_samples as score_stage
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(score_stage, "write_jsonl", killed)
     with pytest.raises(KeyboardInterrupt):
-        run_stage("score", {"workers": 1}, inputs={"samples": tmp_path / "s"}, outputs={"scored": tmp_path / "sc"})
+        run_stage("score-samples", {"penetration": {"workers": 1}}, inputs={"samples": tmp_path / "s"}, outputs={"scored": tmp_path / "sc"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
 
 
@@ -82,7 +82,7 @@ def box(x: float) -> PartParams:
 
 def test_non_watertight_part_falls_back_to_voxels_and_is_counted(tmp_path):
     make_samples(tmp_path / "s", {"c": [[box(0.0), box(0.5)], [box(0.0), box(1.0)]]}, broken={"c-k0"})
-    result = run_stage("score", {"workers": 1}, inputs={"samples": tmp_path / "s"}, outputs={"scored": tmp_path / "sc"})
+    result = run_stage("score-samples", {"penetration": {"workers": 1}}, inputs={"samples": tmp_path / "s"}, outputs={"scored": tmp_path / "sc"})
     assert result.metrics["score/non_watertight_parts"] == 1 and result.metrics["score/fallback_pairs"] == 1
     rows = {r.sample_id: r for r in read_jsonl(tmp_path / "sc" / "scored.jsonl", ScoredSample)}
     assert rows["c-k0"].score == pytest.approx(0.5, abs=0.1)  # half of a unit cube overlaps (64³ voxels)
@@ -93,37 +93,37 @@ def test_unreadable_mesh_is_a_counted_failure_and_its_condition_is_dropped(tmp_p
     make_samples(tmp_path / "s", {"a": [[box(0.0), box(0.5)], [box(0.0), box(1.0)]],
                                   "b": [[box(0.0), box(0.2)], [box(0.0), box(1.0)]]})
     (tmp_path / "s" / "meshes" / "b-k0.glb").write_bytes(b"not a glb")
-    result = run_stage("score", {"workers": 1}, inputs={"samples": tmp_path / "s"}, outputs={"scored": tmp_path / "sc"})
+    result = run_stage("score-samples", {"penetration": {"workers": 1}}, inputs={"samples": tmp_path / "s"}, outputs={"scored": tmp_path / "sc"})
     assert result.metrics["score/failed"] == 1
     row = next(r for r in read_jsonl(tmp_path / "sc" / "scored.jsonl", ScoredSample) if r.sample_id == "b-k0")
     assert row.score is None and row.status == "failed" and "b-k0.glb" in row.detail["error"]
-    pairs = run_stage("pairs", {"min_gap": 0.0}, inputs={"scored": [tmp_path / "sc"]}, outputs={"pairs": tmp_path / "p"})
+    pairs = run_stage("mine-pairs", {"min_gap": 0.0}, inputs={"scored": [tmp_path / "sc"]}, outputs={"pairs": tmp_path / "p"})
     assert pairs.metrics["pairs/pairs"] == 1 and pairs.metrics["pairs/invalid_score"] == 1
 
 
 def test_no_pairs_anywhere_is_an_error_with_the_reasons(tmp_path):
     make_samples(tmp_path / "s", {"a": [[box(0.0), box(1.0)], [box(0.0), box(1.0)]]})  # both score 0: a tie
-    run_stage("score", {"workers": 1}, inputs={"samples": tmp_path / "s"}, outputs={"scored": tmp_path / "sc"})
+    run_stage("score-samples", {"penetration": {"workers": 1}}, inputs={"samples": tmp_path / "s"}, outputs={"scored": tmp_path / "sc"})
     with pytest.raises(NoPairsError, match=r"no pairs from 1 scored shard.*'ties': 1"):
-        run_stage("pairs", {}, inputs={"scored": [tmp_path / "sc"]}, outputs={"pairs": tmp_path / "p"})
+        run_stage("mine-pairs", {}, inputs={"scored": [tmp_path / "sc"]}, outputs={"pairs": tmp_path / "p"})
     assert not (tmp_path / "p").exists()
 
 
 def test_nan_score_is_rejected_with_file_and_line(tmp_path):
     make_samples(tmp_path / "s", {"a": [[box(0.0), box(0.5)], [box(0.0), box(1.0)]]})
-    run_stage("score", {"workers": 1}, inputs={"samples": tmp_path / "s"}, outputs={"scored": tmp_path / "sc"})
+    run_stage("score-samples", {"penetration": {"workers": 1}}, inputs={"samples": tmp_path / "s"}, outputs={"scored": tmp_path / "sc"})
     path = tmp_path / "sc" / "scored.jsonl"
     lines = path.read_text().splitlines()
     row = json.loads(lines[1])
     row["score"] = float("nan")
     path.write_text("\n".join([lines[0], json.dumps(row)]) + "\n")
     with pytest.raises(RecordError, match=r"scored.jsonl:2: score"):
-        run_stage("pairs", {}, inputs={"scored": [tmp_path / "sc"]}, outputs={"pairs": tmp_path / "p"})
+        run_stage("mine-pairs", {}, inputs={"scored": [tmp_path / "sc"]}, outputs={"pairs": tmp_path / "p"})
 
 
 def test_wrong_artifact_kind_is_named(tmp_path, prepared):
     with pytest.raises(ArtifactError, match="kind is 'conditions', expected one of \\['samples'\\]"):
-        run_stage("score", {}, inputs={"samples": prepared / "cond"}, outputs={"scored": tmp_path / "sc"})
+        run_stage("score-samples", {}, inputs={"samples": prepared / "cond"}, outputs={"scored": tmp_path / "sc"})
 
 
 def test_adapter_of_another_base_is_refused_before_evaluation(prepared, tmp_path):

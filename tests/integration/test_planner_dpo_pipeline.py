@@ -117,7 +117,7 @@ def test_the_resumed_run_did_not_redo_earlier_iterations(runs):
 
 def test_resumed_run_gives_the_same_pairs_and_adapter(runs):
     full, cut = runs["full"]["outputs"], runs["cut"]["outputs"]
-    for stage, key in (("pairs", "pairs"), ("accumulate-pairs", "accumulated")):
+    for stage, key in (("mine-pairs", "pairs"), ("accumulate-pairs", "accumulated")):
         a = (path(full[(stage, 2)][key]) / "pairs.jsonl").read_text()
         b = (path(cut[(stage, 2)][key]) / "pairs.jsonl").read_text()
         assert a == b and a.strip(), stage

@@ -27,8 +27,8 @@ from genalign.models.vlm import VLMConfigError, load_vlm
 from genalign.records import Pair, Sample, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import run_stage
 from genalign.stages.common import link_or_copy
-from genalign.stages.pairs import NoPairsError
-from genalign.stages.prepare_planner import planner_dir, read_rows
+from genalign.stages.shared.mine_pairs import NoPairsError
+from genalign.stages.planner_dpo.prepare_planner import planner_dir, read_rows
 from genalign.storage import read_manifest, write_manifest
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def rollout_round(d: Path, iteration: int) -> dict:
                                outputs={"executed": d / f"executed{iteration}"})
     out["label"] = run_stage("label-plans", ORACLE, inputs={"executed": d / f"executed{iteration}", "dataset": d / "dataset"},
                              outputs={"scored": d / f"scored{iteration}"})
-    out["pairs"] = run_stage("pairs", PAIRS, inputs={"scored": [d / f"scored{iteration}"]},
+    out["pairs"] = run_stage("mine-pairs", PAIRS, inputs={"scored": [d / f"scored{iteration}"]},
                              outputs={"pairs": d / f"pairs{iteration}"})
     return out
 
@@ -334,7 +334,7 @@ def test_malformed_plans_are_counted_and_score_minus_one(handmade):
 
 def test_ties_are_counted_and_weak_pairs_flagged(handmade):
     _, out, ids, _, _ = handmade
-    result = run_stage("pairs", PAIRS, inputs={"scored": [out / "scored"]}, outputs={"pairs": out / "pairs"})
+    result = run_stage("mine-pairs", PAIRS, inputs={"scored": [out / "scored"]}, outputs={"pairs": out / "pairs"})
     assert result.summary["ties"] == 1 and result.summary["pairs"] == 3 and result.summary["weak"] == 1
     pairs = {p.cond_id: p for p in read_jsonl(out / "pairs" / "pairs.jsonl", Pair)}
     assert set(pairs) == {ids[0], ids[2], ids[3]}
@@ -354,11 +354,11 @@ def test_a_round_of_ties_is_counted_and_trains_nothing_wrong(handmade, tmp_path)
     run_stage("label-plans", ORACLE, inputs={"executed": tmp_path / "executed", "dataset": d / "dataset"},
               outputs={"scored": tmp_path / "scored"})
     with pytest.raises(NoPairsError, match=r"no pairs from 1 scored shard.*'ties': 2"):
-        run_stage("pairs", PAIRS, inputs={"scored": [tmp_path / "scored"]}, outputs={"pairs": tmp_path / "pairs"})
+        run_stage("mine-pairs", PAIRS, inputs={"scored": [tmp_path / "scored"]}, outputs={"pairs": tmp_path / "pairs"})
     assert not (tmp_path / "pairs").exists()
     # Iterative runs go on: an empty, counted pairs artifact; the round trains an untrained
     # adapter that leaves the base planner as it is.
-    result = run_stage("pairs", {**PAIRS, "allow_empty": True}, inputs={"scored": [tmp_path / "scored"]},
+    result = run_stage("mine-pairs", {**PAIRS, "allow_empty": True}, inputs={"scored": [tmp_path / "scored"]},
                        outputs={"pairs": tmp_path / "pairs"})
     assert result.metrics["pairs/pairs"] == 0 and result.metrics["pairs/ties"] == 2
     assert (tmp_path / "pairs" / "pairs.jsonl").read_text() == ""

@@ -101,8 +101,8 @@ def test_unknown_stage_lists_the_valid_stages(tmp_path):
         load_profile(path, stages=STAGES)
     # by default: the stage table of `genalign stages`
     with pytest.raises(ConfigError, match=r"valid stages are \['accumulate-pairs', 'evaluate-parts', "
-                       r"'evaluate-planner', 'execute-plans', 'label-plans', 'pairs', 'prepare-parts', "
-                       r"'prepare-planner', 'register', 'rollout-parts', 'rollout-planner', 'score', "
+                       r"'evaluate-planner', 'execute-plans', 'label-plans', 'mine-pairs', 'prepare-parts', "
+                       r"'prepare-planner', 'register-model', 'rollout-parts', 'rollout-planner', 'score-samples', "
                        r"'shard-planner', 'train-flow-dpo', 'train-planner'\]"):
         load_profile(path)
 

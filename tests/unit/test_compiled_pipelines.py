@@ -55,7 +55,7 @@ gpu:
 stages:
   rollout-parts: {gpus: 1, cpu: 8, memory: 64Gi}
   train-flow-dpo: {gpus: 4, cpu: "32", memory: 256Gi, nodes: 1}
-  score: {cpu: 16, memory: 32Gi}
+  score-samples: {cpu: 16, memory: 32Gi}
 """
 
 
@@ -69,10 +69,10 @@ def compiled_with_profile(tmp_path_factory):
     return pipeline_spec, platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-# the tasks that run a stage (score-samples runs `score`, mine-pairs `pairs`, register-adapter
+# the tasks that run a stage (score-samples runs `score`, mine-pairs `pairs`, register-model
 # `register`); the exit handler's close-tracking runs none
 STAGE_TASKS = ("prepare-parts", "rollout-parts", "score-samples", "mine-pairs", "train-flow-dpo",
-               "evaluate-parts", "register-adapter")
+               "evaluate-parts", "register-model")
 
 
 @pytest.mark.parametrize("task", [*STAGE_TASKS, "close-tracking"])
@@ -132,7 +132,7 @@ def test_cpu_tasks_get_resources_but_no_gpu_scheduling(compiled_with_profile):
     score = executors["exec-score-samples"]["container"]["resources"]
     assert "accelerator" not in score
     assert (score["resourceCpuRequest"], score["resourceMemoryLimit"]) == ("16", "32Gi")
-    for task in ("score-samples", "prepare-parts", "mine-pairs", "register-adapter", "close-tracking"):
+    for task in ("score-samples", "prepare-parts", "mine-pairs", "register-model", "close-tracking"):
         assert "nodeSelector" not in platform[f"exec-{task}"] and "tolerations" not in platform[f"exec-{task}"]
     assert "resources" not in executors["exec-prepare-parts"]["container"]
 

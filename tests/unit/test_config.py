@@ -3,7 +3,8 @@
 import pytest
 
 from genalign.config.base import ConfigError
-from genalign.config.part_dpo import PreparePartsConfig, RegisterConfig, RolloutPartsConfig
+from genalign.config.part_dpo import PreparePartsConfig, RolloutPartsConfig
+from genalign.config.register import RegisterModelConfig
 from genalign.config.presets import load_preset
 
 
@@ -31,8 +32,8 @@ def test_post_init_checks_are_config_errors():
 
 
 def test_round_trip():
-    cfg = RegisterConfig.from_dict({"aliases": ["a", "b"]})
-    assert RegisterConfig.from_dict(cfg.to_dict()) == cfg
+    cfg = RegisterModelConfig.from_dict({"aliases": ["a", "b"]})
+    assert RegisterModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_tiny_preset_loads_with_every_section_explicit():

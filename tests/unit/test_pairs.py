@@ -8,7 +8,7 @@ import random
 import pytest
 
 from genalign.config.base import ConfigError
-from genalign.config.pairs import PairsConfig
+from genalign.config.pairs import MinePairsConfig
 from genalign.pairs import MiningResult, accumulate, mine_pairs, summarize
 from genalign.records import Pair, ScoredSample
 
@@ -32,8 +32,8 @@ def ids(result: MiningResult) -> list[tuple[str, str]]:
     return [(p.chosen, p.rejected) for p in result.pairs]
 
 
-LOW = PairsConfig()  # best_vs_worst, lower is better
-HIGH = PairsConfig(higher_is_better=True)
+LOW = MinePairsConfig()  # best_vs_worst, lower is better
+HIGH = MinePairsConfig(higher_is_better=True)
 
 
 # ---------------------------------------------------------------- best vs worst
@@ -86,27 +86,27 @@ def test_failed_status_with_a_score_is_invalid_too():
 
 def test_require_all_valid_false_ranks_the_valid_samples():
     rows = [s("a", 0.0), s("b", None, status="failed"), s("c", 0.4), s("d", None)]
-    r = mine_pairs(rows, PairsConfig(require_all_valid=False))
+    r = mine_pairs(rows, MinePairsConfig(require_all_valid=False))
     assert ids(r) == [("a", "c")]
     assert r.counts["invalid_score"] == 0 and r.counts["invalid_samples"] == 2
     # Only one valid sample left -> too few.
-    r = mine_pairs([s("a", 0.0), s("b", None)], PairsConfig(require_all_valid=False))
+    r = mine_pairs([s("a", 0.0), s("b", None)], MinePairsConfig(require_all_valid=False))
     assert r.counts["too_few_samples"] == 1
 
 
 def test_min_gap_drops_or_flags_weak():
     rows = [s("a", 0.25), s("b", 0.5)]  # gap 0.25, exact in binary
-    r = mine_pairs(rows, PairsConfig(min_gap=0.3))
+    r = mine_pairs(rows, MinePairsConfig(min_gap=0.3))
     assert r.pairs == [] and r.counts["below_min_gap"] == 1 and r.counts["weak"] == 0
-    r = mine_pairs(rows, PairsConfig(min_gap=0.3, keep_weak=True))
+    r = mine_pairs(rows, MinePairsConfig(min_gap=0.3, keep_weak=True))
     assert ids(r) == [("a", "b")] and r.pairs[0].weak
     assert r.counts["weak"] == 1 and r.counts["below_min_gap"] == 0 and r.counts["pairs"] == 1
-    r = mine_pairs(rows, PairsConfig(min_gap=0.25))  # gap == min_gap is not below it
+    r = mine_pairs(rows, MinePairsConfig(min_gap=0.25))  # gap == min_gap is not below it
     assert ids(r) == [("a", "b")] and not r.pairs[0].weak
 
 
 def test_match_key_mismatch_drops_the_pair():
-    cfg = PairsConfig(match_key="num_parts")
+    cfg = MinePairsConfig(match_key="num_parts")
     r = mine_pairs([s("a", 0.0, parts=3), s("b", 0.5, parts=4)], cfg)
     assert r.pairs == [] and r.counts["mismatched_num_parts"] == 1
     r = mine_pairs([s("a", 0.0, parts=3), s("b", 0.5, parts=3)], cfg)
@@ -126,7 +126,7 @@ def test_match_key_missing_from_output_is_an_error():
         scorer="judge",
     )
     with pytest.raises(ValueError, match=r"sample 'x': output has no key 'num_parts'"):
-        mine_pairs([row, s("a", 0.0)], PairsConfig(match_key="num_parts"))
+        mine_pairs([row, s("a", 0.0)], MinePairsConfig(match_key="num_parts"))
 
 
 def test_duplicate_sample_ids_are_an_error():
@@ -137,7 +137,7 @@ def test_duplicate_sample_ids_are_an_error():
 # ---------------------------------------------------------------- threshold (DSO-style)
 
 
-THR_LOW = PairsConfig(strategy="threshold", tau_good=0.0, tau_bad=0.1)
+THR_LOW = MinePairsConfig(strategy="threshold", tau_good=0.0, tau_bad=0.1)
 
 
 def test_threshold_lower_is_better_all_combinations():
@@ -150,7 +150,7 @@ def test_threshold_lower_is_better_all_combinations():
 
 
 def test_threshold_higher_is_better():
-    cfg = PairsConfig(strategy="threshold", higher_is_better=True, tau_good=8.0, tau_bad=3.0)
+    cfg = MinePairsConfig(strategy="threshold", higher_is_better=True, tau_good=8.0, tau_bad=3.0)
     rows = [s("a", 9.0), s("b", 5.0), s("c", 2.0), s("d", 8.0), s("e", 3.0)]
     # winners (>= 8), best first: a (9), d (8); losers (<= 3), worst first: c (2), e (3)
     assert ids(mine_pairs(rows, cfg)) == [("a", "c"), ("a", "e"), ("d", "c"), ("d", "e")]
@@ -170,7 +170,7 @@ def test_threshold_cap_is_a_seeded_deterministic_subset():
     rows = [s(f"w{i}", 0.0 - i * 0.01) for i in range(3)] + [s(f"l{i}", 0.5 + i) for i in range(3)]
     full = mine_pairs(rows, THR_LOW)
     assert len(full.pairs) == 9
-    cfg = PairsConfig(
+    cfg = MinePairsConfig(
         strategy="threshold", tau_good=0.0, tau_bad=0.1, max_pairs_per_condition=4, seed=3
     )
     a, b = mine_pairs(rows, cfg), mine_pairs(list(reversed(rows)), cfg)
@@ -180,7 +180,7 @@ def test_threshold_cap_is_a_seeded_deterministic_subset():
 
 
 def test_threshold_with_weak_and_mismatch():
-    cfg = PairsConfig(
+    cfg = MinePairsConfig(
         strategy="threshold",
         tau_good=0.0,
         tau_bad=0.1,
@@ -212,7 +212,7 @@ def test_counts_over_a_mixed_shard():
         s("f0", 0.0, "F"),
         s("f1", 0.01, "F"),  # below_min_gap
     ]
-    r = mine_pairs(rows, PairsConfig(min_gap=0.05, match_key="num_parts"))
+    r = mine_pairs(rows, MinePairsConfig(min_gap=0.05, match_key="num_parts"))
     assert r.counts == {
         "conditions": 6,
         "samples": 11,
@@ -314,18 +314,18 @@ def test_summarize_gap_distribution():
 )
 def test_config_checks(d, message):
     with pytest.raises(ConfigError, match=message):
-        PairsConfig.from_dict(d)
+        MinePairsConfig.from_dict(d)
 
 
 def test_config_defaults_and_help():
-    cfg = PairsConfig()
+    cfg = MinePairsConfig()
     assert (cfg.strategy, cfg.higher_is_better, cfg.require_all_valid, cfg.min_gap) == (
         "best_vs_worst",
         False,
         True,
         0.0,
     )
-    assert all(f.metadata["help"] for f in dataclasses.fields(PairsConfig))
+    assert all(f.metadata["help"] for f in dataclasses.fields(MinePairsConfig))
 
 
 # ---------------------------------------------------------------- similar_key
@@ -339,21 +339,21 @@ def test_similar_key_picks_the_largest_gap_among_like_sized_samples():
     # best-vs-worst would pair a (0.0, volume 0.5: shrunk) with d (0.9, volume 1.0).
     # Within 10% of each other: (b, d) gap 0.7 [1.0 vs 1.0], (c, d) gap 0.4, (b, c) gap 0.3.
     rows = [v("a", 0.0, 0.5), v("b", 0.2, 1.0), v("c", 0.5, 0.95), v("d", 0.9, 1.0)]
-    cfg = PairsConfig(similar_key="total_volume", similar_tolerance=0.1)
+    cfg = MinePairsConfig(similar_key="total_volume", similar_tolerance=0.1)
     assert ids(mine_pairs(rows, cfg)) == [("b", "d")]
-    assert ids(mine_pairs(rows, PairsConfig())) == [("a", "d")]
+    assert ids(mine_pairs(rows, MinePairsConfig())) == [("a", "d")]
 
 
 def test_similar_key_counts_conditions_without_a_similar_pair():
     rows = [v("a", 0.0, 0.5), v("b", 0.9, 1.0), v("c", 0.1, 1.0, cond="c1"), v("d", 0.4, 1.05, cond="c1")]
-    r = mine_pairs(rows, PairsConfig(similar_key="total_volume"))
+    r = mine_pairs(rows, MinePairsConfig(similar_key="total_volume"))
     assert ids(r) == [("c", "d")]
     assert r.counts["dissimilar_total_volume"] == 1
 
 
 def test_similar_key_with_thresholds_drops_dissimilar_combinations():
     rows = [v("a", 0.0, 0.5), v("b", 0.05, 1.0), v("c", 0.8, 1.0), v("d", 0.9, 1.02)]
-    cfg = PairsConfig(strategy="threshold", tau_good=0.1, tau_bad=0.5, similar_key="total_volume")
+    cfg = MinePairsConfig(strategy="threshold", tau_good=0.1, tau_bad=0.5, similar_key="total_volume")
     r = mine_pairs(rows, cfg)
     assert sorted(ids(r)) == [("b", "c"), ("b", "d")]
     assert r.counts["dissimilar_total_volume"] == 2
@@ -361,4 +361,4 @@ def test_similar_key_with_thresholds_drops_dissimilar_combinations():
 
 def test_similar_key_missing_from_detail_is_an_error():
     with pytest.raises(ValueError, match="detail has no number 'total_volume'"):
-        mine_pairs([s("a", 0.1), s("b", 0.2)], PairsConfig(similar_key="total_volume"))
+        mine_pairs([s("a", 0.1), s("b", 0.2)], MinePairsConfig(similar_key="total_volume"))

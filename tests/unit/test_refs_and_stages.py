@@ -43,15 +43,15 @@ def test_run_stage_rejects_unknown_stage_and_wrong_artifacts(tmp_path):
     with pytest.raises(ConfigError, match="unknown stage 'scoring'; valid stages"):
         run_stage("scoring", {}, inputs={}, outputs={})
     with pytest.raises(ConfigError, match="inputs \\['sample'\\] given, expected \\['samples'\\]"):
-        run_stage("score", {}, inputs={"sample": str(tmp_path)}, outputs={"scored": str(tmp_path / "o")})
-    with pytest.raises(ConfigError, match="score config: unknown key"):
-        run_stage("score", {"reduc": "max"}, inputs={"samples": str(tmp_path)}, outputs={"scored": str(tmp_path / "o")})
+        run_stage("score-samples", {}, inputs={"sample": str(tmp_path)}, outputs={"scored": str(tmp_path / "o")})
+    with pytest.raises(ConfigError, match="score-samples config.penetration: unknown key"):
+        run_stage("score-samples", {"penetration": {"reduc": "max"}}, inputs={"samples": str(tmp_path)}, outputs={"scored": str(tmp_path / "o")})
 
 
 def test_cli_reports_config_errors_with_exit_code_2(capsys, tmp_path):
     cfg = tmp_path / "score.yaml"
-    cfg.write_text("reduc: max\n")
-    code = main(["stage", "score", "--config", str(cfg), "--in", f"samples={tmp_path}", "--out", f"scored={tmp_path / 'o'}"])
+    cfg.write_text("penetration: {reduc: max}\n")
+    code = main(["stage", "score-samples", "--config", str(cfg), "--in", f"samples={tmp_path}", "--out", f"scored={tmp_path / 'o'}"])
     assert code == 2
     assert "unknown key(s) ['reduc']" in capsys.readouterr().err
     assert main(["stages"]) == 0

@@ -245,7 +245,7 @@ def test_dry_run_prints_the_plan_and_sends_nothing(monkeypatch, capsys):
     assert plan["parameters"] == json.loads(json.dumps(load_preset("part-dpo", "tiny", ["num_shards=3"])))
     assert plan["tasks"] == [
         "close-tracking", "evaluate-parts", "mine-pairs", "prepare-parts",
-        "register-adapter", "rollout-parts", "score-samples", "train-flow-dpo",
+        "register-model", "rollout-parts", "score-samples", "train-flow-dpo",
     ]
 
 

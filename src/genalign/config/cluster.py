@@ -20,7 +20,7 @@ Used by `genalign compile/submit --profile`:
     trainer_runtime: torch-distributed
     stages:                                   # by stage name, as `genalign stages` lists them
       rollout-parts: {gpus: 1, cpu: "8", memory: 64Gi}
-      score: {cpu: "8", memory: 16Gi}
+      score-samples: {cpu: "8", memory: 16Gi}
       train-flow-dpo: {gpus: 8, cpu: "64", memory: 512Gi, nodes: 1}
 """
 

@@ -144,3 +144,8 @@ class FlowDPOConfig(Config):
             raise ValueError("target_modules must name at least one module")
         if len(set(self.target_modules)) != len(self.target_modules):
             raise ValueError(f"target_modules has duplicates: {list(self.target_modules)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainFlowDPOConfig(FlowDPOConfig):
+    """The train-flow-dpo stage: the method's settings (`FlowDPOConfig`), nothing more."""

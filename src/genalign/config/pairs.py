@@ -12,7 +12,7 @@ STRATEGIES = ("best_vs_worst", "threshold")
 
 
 @dataclasses.dataclass(frozen=True)
-class PairsConfig(Config):
+class MinePairsConfig(Config):
     """How preference pairs are mined from the scored samples of each condition."""
 
     # Self-Rewarding LMs (Yuan et al., 2024, §2.3) and iterative on-policy DPO pick the
@@ -121,3 +121,17 @@ class PairsConfig(Config):
             ]
             if given:
                 raise ValueError(f"{given} apply to strategy 'threshold' only; set them to null")
+
+
+@dataclasses.dataclass(frozen=True)
+class AccumulatePairsConfig(Config):
+    """The training pairs of iteration i: the pairs of iterations 0..i."""
+
+    window: int | None = field(
+        None,
+        help="Keep the pairs of the last `window` iterations only; null keeps all of 0..i.",
+    )
+
+    def __post_init__(self) -> None:
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"window: expected an integer >= 1 or null, got {self.window}")

@@ -69,13 +69,3 @@ class EvaluatePartsConfig(Config):
     guard_tolerance: float = field(0.10, help="tuned guard metrics may be at most this much worse than base (10%)")
     voxel_resolution: int = field(32, help="grid for the volume-IoU guard")
     gallery: int = field(8, help="objects shown base-vs-tuned in the gallery PNG")
-
-
-@dataclass(frozen=True)
-class RegisterConfig(Config):
-    """Registering the adapter in the MLflow model registry."""
-
-    model_name: str = field("genalign-part-dpo", help="registered model name")
-    aliases: list[str] = field(default_factory=lambda: ["candidate"], help="aliases always moved to the new version")
-    champion_alias: str = field("champion", help="alias moved only when the evaluation gate passes")
-    require_gate: bool = field(True, help="move the champion alias only when the gate passed")

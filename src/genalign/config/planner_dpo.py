@@ -5,11 +5,11 @@
     rollout-planner  K plans per question of one sub-shard of the iteration's shard
     execute-plans    every instruction of every plan turned into an image
     label-plans      the critic's score of every plan
-    pairs            best vs worst plan per question (`genalign.config.pairs.PairsConfig`)
+    pairs            best vs worst plan per question (`genalign.config.pairs.MinePairsConfig`)
     accumulate-pairs the pairs of iterations 0..i
     train-planner    DPO of a fresh adapter from the base, then the merged planner
     evaluate-planner held-out score of a planner, appended to the run's history and plots
-    register         the final adapter in the MLflow registry (`RegisterConfig`)
+    register         the final adapter in the MLflow registry (`RegisterModelConfig`)
 
 No torch here: the configs load in the pipeline compiler and in the components' bodies.
 """
@@ -68,7 +68,7 @@ class PreparePlannerConfig(Config):
 
 
 @dataclass(frozen=True)
-class ShardConfig(Config):
+class ShardPlannerConfig(Config):
     """Shuffle the dataset ids with a seed and split them into one shard per iteration."""
 
     num_shards: int = field(5, help="Shards = on-policy iterations (the issue's N, default 5).")
@@ -89,7 +89,7 @@ class RolloutPlannerConfig(Config):
 
 
 @dataclass(frozen=True)
-class ExecuteConfig(Config):
+class ExecutePlansConfig(Config):
     """Turning every instruction into an image."""
 
     executor: Literal["render-view", "diffusers-edit"] = field(
@@ -128,24 +128,11 @@ class CriticConfig(Config):
 
 
 @dataclass(frozen=True)
-class LabelConfig(Config):
+class LabelPlansConfig(Config):
     """Scoring every plan of a sub-shard."""
 
     critic: CriticConfig = field(default_factory=CriticConfig, help="The critic.")
 
-
-@dataclass(frozen=True)
-class AccumulateConfig(Config):
-    """The training pairs of iteration i: the pairs of iterations 0..i."""
-
-    window: int | None = field(
-        None,
-        help="Keep the pairs of the last `window` iterations only; null keeps all of 0..i.",
-    )
-
-    def __post_init__(self) -> None:
-        if self.window is not None and self.window < 1:
-            raise ValueError(f"window: expected an integer >= 1 or null, got {self.window}")
 
 
 @dataclass(frozen=True)
@@ -172,7 +159,7 @@ class EvaluatePlannerConfig(Config):
         default_factory=lambda: PlannerSamplingConfig(k=4, temperature=0.7, seed=10_000),
         help="Plans per held-out question and how they are sampled (the same for every model).",
     )
-    execute: ExecuteConfig = field(default_factory=ExecuteConfig, help="The executor.")
+    execute: ExecutePlansConfig = field(default_factory=ExecutePlansConfig, help="The executor.")
     critic: CriticConfig = field(default_factory=CriticConfig, help="The critic.")
     answerer: Literal["oracle", "critic"] = field(
         "oracle",

@@ -61,3 +61,19 @@ class PenetrationConfig(Config):
             raise ValueError(
                 f"min_volume must be > 0 (it guards a division), got {self.min_volume}"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSamplesConfig(Config):
+    """The score-samples stage: which scorer (`genalign.scorers.SCORERS`) and its settings."""
+
+    scorer: Literal["penetration"] = field(
+        "penetration", help="The scorer, by its name in genalign.scorers.SCORERS, that scores each sample's files."
+    )
+    penetration: PenetrationConfig = field(
+        default_factory=PenetrationConfig, help="Settings of the penetration scorer."
+    )
+
+    def scorer_config(self) -> dict:
+        """The chosen scorer's own settings, as the scorer table takes them."""
+        return {"penetration": self.penetration}[self.scorer].to_dict()

@@ -97,7 +97,7 @@ def score_object(meshes: list[trimesh.Trimesh], cfg: PenetrationConfig) -> Objec
         "degenerate_parts": sum(p.degenerate(cfg.min_volume) for p in parts),
         "penetration_max": float(values.max()) if len(values) else 0.0,
         "penetration_mean": float(values.mean()) if len(values) else 0.0,
-        # summed part volumes: lets pair mining compare like-sized objects (PairsConfig.similar_key)
+        # summed part volumes: lets pair mining compare like-sized objects (MinePairsConfig.similar_key)
         "total_volume": float(sum(abs(m.volume) for m in meshes)),
     }
     if cfg.depth:

@@ -31,79 +31,79 @@ class StageSpec:
 # The stages, by the name used on the command line and in MLflow child runs.
 STAGES: dict[str, StageSpec] = {
     "prepare-parts": StageSpec(
-        "prepare_parts", "genalign.config.part_dpo:PreparePartsConfig",
+        "part_dpo.prepare_parts", "genalign.config.part_dpo:PreparePartsConfig",
         inputs=(), outputs=("conditions", "eval_conditions", "model"),
         help="procedural conditions (train + held-out) and the base generator",
     ),
     "rollout-parts": StageSpec(
-        "rollout_parts", "genalign.config.part_dpo:RolloutPartsConfig",
+        "part_dpo.rollout_parts", "genalign.config.part_dpo:RolloutPartsConfig",
         inputs=("conditions", "model"), outputs=("samples",), params=("shard", "num_shards"),
         help="K samples per condition of one shard: meshes (GLB), latents and conditioning",
     ),
-    "score": StageSpec(
-        "score", "genalign.config.score:PenetrationConfig",
+    "score-samples": StageSpec(
+        "shared.score_samples", "genalign.config.score:ScoreSamplesConfig",
         inputs=("samples",), outputs=("scored",),
         help="inter-part penetration of every sample",
     ),
-    "pairs": StageSpec(
-        "pairs", "genalign.config.pairs:PairsConfig",
+    "mine-pairs": StageSpec(
+        "shared.mine_pairs", "genalign.config.pairs:MinePairsConfig",
         inputs=("scored",), outputs=("pairs",), list_inputs=("scored",),
         help="win/loss pairs from one or more scored shards",
     ),
     "train-flow-dpo": StageSpec(
-        "train_flow_dpo", "genalign.config.flow_dpo:FlowDPOConfig",
+        "part_dpo.train_flow_dpo", "genalign.config.flow_dpo:TrainFlowDPOConfig",
         inputs=("model", "pairs"), outputs=("adapter",),
         help="flow-matching DPO of a LoRA/DoRA adapter on the pairs",
     ),
     "evaluate-parts": StageSpec(
-        "evaluate_parts", "genalign.config.part_dpo:EvaluatePartsConfig",
+        "part_dpo.evaluate_parts", "genalign.config.part_dpo:EvaluatePartsConfig",
         inputs=("model", "adapter", "conditions"), outputs=("report",),
         help="base vs tuned on held-out conditions, same seeds; report with plots",
     ),
-    "register": StageSpec(
-        "register", "genalign.config.part_dpo:RegisterConfig",
+    "register-model": StageSpec(
+        "shared.register_model", "genalign.config.register:RegisterModelConfig",
         inputs=("adapter", "report", "pairs"), outputs=("registration",),
         help="the adapter as an MLflow model version with lineage and aliases",
     ),
     # planner-dpo
     "prepare-planner": StageSpec(
-        "prepare_planner", "genalign.config.planner_dpo:PreparePlannerConfig",
+        "planner_dpo.prepare_planner", "genalign.config.planner_dpo:PreparePlannerConfig",
         inputs=(), outputs=("dataset", "eval_dataset", "model"),
         help="spatial questions (train + held-out) and the base planner (warm-started)",
     ),
     "shard-planner": StageSpec(
-        "shard_planner", "genalign.config.planner_dpo:ShardConfig",
+        "planner_dpo.shard_planner", "genalign.config.planner_dpo:ShardPlannerConfig",
         inputs=("dataset",), outputs=("shards",),
         help="seeded split of the questions into one shard per iteration",
     ),
     "rollout-planner": StageSpec(
-        "rollout_planner", "genalign.config.planner_dpo:RolloutPlannerConfig",
+        "planner_dpo.rollout_planner", "genalign.config.planner_dpo:RolloutPlannerConfig",
         inputs=("dataset", "shards", "model"), outputs=("samples",),
         params=("iteration", "subshard", "num_subshards"),
         help="K plans per question of one sub-shard of the iteration's shard",
     ),
     "execute-plans": StageSpec(
-        "execute_plans", "genalign.config.planner_dpo:ExecuteConfig",
+        "planner_dpo.execute_plans", "genalign.config.planner_dpo:ExecutePlansConfig",
         inputs=("samples", "dataset"), outputs=("executed",),
         help="every instruction of every plan turned into an image",
     ),
     "label-plans": StageSpec(
-        "label_plans", "genalign.config.planner_dpo:LabelConfig",
+        "planner_dpo.label_plans", "genalign.config.planner_dpo:LabelPlansConfig",
         inputs=("executed", "dataset"), outputs=("scored",),
         help="the critic's score of every plan",
     ),
     "accumulate-pairs": StageSpec(
-        "accumulate_pairs", "genalign.config.planner_dpo:AccumulateConfig",
+        "shared.accumulate_pairs", "genalign.config.pairs:AccumulatePairsConfig",
         inputs=("pairs", "previous"), outputs=("accumulated",), optional=("previous",),
         help="the pairs of iterations 0..i",
     ),
     "train-planner": StageSpec(
-        "train_planner", "genalign.config.planner_dpo:TrainPlannerConfig",
+        "planner_dpo.train_planner", "genalign.config.planner_dpo:TrainPlannerConfig",
         inputs=("model", "pairs"), outputs=("adapter", "merged"),
         help="trl DPO of a fresh adapter from the base, and the merged planner",
     ),
     "evaluate-planner": StageSpec(
-        "evaluate_planner", "genalign.config.planner_dpo:EvaluatePlannerConfig",
+        "planner_dpo.evaluate_planner", "genalign.config.planner_dpo:EvaluatePlannerConfig",
         inputs=("model", "eval_dataset", "history", "pairs", "adapter"), outputs=("report",),
         params=("iteration",), optional=("history", "pairs", "adapter"),
         help="held-out score of a planner vs the base; cumulative report with plots",
@@ -113,6 +113,7 @@ STAGES: dict[str, StageSpec] = {
 
 STAGE_TAG = "genalign.stage_name"  # the stage ("rollout-planner"); genalign.stage is the run label
 ITERATION_TAG = "genalign.iteration"
+SHARD_TAG = "genalign.shard"
 OUTPUT_TAG = "genalign.output."
 
 
@@ -187,6 +188,7 @@ def run_stage(
         # The child run's name: the stage, its iteration and shard ("rollout-planner-2-0").
         suffix = [tags[ITERATION_TAG]] if tags and ITERATION_TAG in tags else []
         suffix += [str(params[k]) for k in ("iteration", "shard", "subshard") if k in params]
+        suffix += [tags[SHARD_TAG]] if tags and SHARD_TAG in tags else []
         tracker = MlflowTracker.for_stage(
             experiment=tracking["experiment"],
             pipeline_run=tracking["pipeline_run"],

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genalign.config.planner_dpo import AccumulateConfig
+from genalign.config.pairs import AccumulatePairsConfig
 from genalign.pairs import accumulate
 from genalign.records import Pair, ScoredSample, read_jsonl
 from genalign.stages import StageResult
 from genalign.stages.common import completed, fingerprint
-from genalign.stages.pairs import copy_samples, pair_file_names, write_pair_files
+from genalign.stages.shared.mine_pairs import copy_samples, pair_file_names, write_pair_files
 from genalign.storage import atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
 
 
-def run(cfg: AccumulateConfig, *, pairs: Path, previous: Path | None, accumulated: Path,
+def run(cfg: AccumulatePairsConfig, *, pairs: Path, previous: Path | None, accumulated: Path,
         tracker: Tracker) -> StageResult:
     sources = [p for p in (previous, pairs) if p is not None]
     fp = fingerprint(cfg, {"sources": sources})

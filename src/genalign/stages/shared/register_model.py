@@ -14,13 +14,13 @@ import json
 import uuid
 from pathlib import Path
 
-from genalign.config.part_dpo import RegisterConfig
+from genalign.config.register import RegisterModelConfig
 from genalign.stages import StageResult
 from genalign.storage import atomic_dir, atomic_write_json, read_manifest, write_manifest
 from genalign.tracking import PIPELINE_RUN_TAG, MlflowTracker, Tracker, register_model_version
 
 
-def run(cfg: RegisterConfig, *, adapter: Path, report: Path, pairs: Path, registration: Path,
+def run(cfg: RegisterModelConfig, *, adapter: Path, report: Path, pairs: Path, registration: Path,
         tracker: Tracker) -> StageResult:
     read_manifest(adapter, "adapter")
     report_manifest = read_manifest(report, "report")

@@ -34,7 +34,7 @@ def measure(gen, conditions: list[Condition], cond_dir: Path, cfg: EvaluateParts
     from genalign.evaluation.geometry import guard_metrics
     from genalign.models.part_codec import decode_parts, part_mesh, save_glb
     from genalign.scorers.penetration import score_object
-    from genalign.stages.rollout_parts import generate
+    from genalign.stages.part_dpo.rollout_parts import generate
 
     results, _ = generate(
         gen, conditions, cond_dir, k=cfg.samples_per_condition, seed=cfg.seed, steps=cfg.steps,
@@ -96,7 +96,7 @@ def compare(base_rows: list[dict], tuned_rows: list[dict], cfg: EvaluatePartsCon
 
 def run(cfg: EvaluatePartsConfig, *, model: Path, adapter: Path, conditions: Path, report: Path,
         tracker: Tracker) -> StageResult:
-    from genalign.stages.rollout_parts import load_conditions
+    from genalign.stages.part_dpo.rollout_parts import load_conditions
     from genalign.trainers.flow_dpo import check_adapter_base
 
     conds = load_conditions(conditions)

@@ -20,8 +20,8 @@ from genalign.config.planner_dpo import RolloutPlannerConfig
 from genalign.records import Sample, write_jsonl
 from genalign.stages import StageResult
 from genalign.stages.common import completed, fingerprint, link_or_copy
-from genalign.stages.prepare_planner import planner_dir, read_rows
-from genalign.stages.shard_planner import read_shard
+from genalign.stages.planner_dpo.prepare_planner import planner_dir, read_rows
+from genalign.stages.planner_dpo.shard_planner import read_shard
 from genalign.storage import atomic_dir, write_manifest
 from genalign.tracking import Tracker
 

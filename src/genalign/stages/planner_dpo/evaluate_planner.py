@@ -35,9 +35,9 @@ from genalign.config.planner_dpo import EvaluatePlannerConfig
 from genalign.records import Sample
 from genalign.stages import StageResult
 from genalign.stages.common import completed, fingerprint
-from genalign.stages.execute_plans import execute_rows
-from genalign.stages.label_plans import score_rows
-from genalign.stages.prepare_planner import planner_dir, read_rows
+from genalign.stages.planner_dpo.execute_plans import execute_rows
+from genalign.stages.planner_dpo.label_plans import score_rows
+from genalign.stages.planner_dpo.prepare_planner import planner_dir, read_rows
 from genalign.storage import (
     atomic_dir,
     atomic_write_json,

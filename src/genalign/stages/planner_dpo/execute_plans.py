@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genalign.config.planner_dpo import ExecuteConfig
+from genalign.config.planner_dpo import ExecutePlansConfig
 from genalign.records import Sample, read_jsonl, write_jsonl
 from genalign.stages import StageResult
 from genalign.stages.common import completed, fingerprint, link_or_copy
-from genalign.stages.prepare_planner import read_rows
+from genalign.stages.planner_dpo.prepare_planner import read_rows
 from genalign.storage import atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
 
@@ -52,7 +52,7 @@ def plan_of(text: Any) -> dict[str, Any]:
     return {"status": "ok" if plan.instructions else "empty", "error": None, "instructions": plan.instructions}
 
 
-def execute_rows(rows: list[Sample], by_id: dict[str, dict], dataset: Path, cfg: ExecuteConfig, out: Path,
+def execute_rows(rows: list[Sample], by_id: dict[str, dict], dataset: Path, cfg: ExecutePlansConfig, out: Path,
                  ) -> tuple[list[Sample], dict[str, int]]:
     """Execute every plan of `rows`; images go under `out`. Returns the rows and counts."""
     from genalign.executors import get_executor
@@ -86,7 +86,7 @@ def execute_rows(rows: list[Sample], by_id: dict[str, dict], dataset: Path, cfg:
     return done, counts
 
 
-def run(cfg: ExecuteConfig, *, samples: Path, dataset: Path, executed: Path, tracker: Tracker) -> StageResult:
+def run(cfg: ExecutePlansConfig, *, samples: Path, dataset: Path, executed: Path, tracker: Tracker) -> StageResult:
     read_manifest(samples, "samples")
     rows = read_jsonl(samples / "samples.jsonl", Sample)
     fp = fingerprint(cfg, {"samples": samples, "dataset": dataset})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genalign.config.pairs import PairsConfig
+from genalign.config.pairs import MinePairsConfig
 from genalign.pairs import MiningResult, mine_pairs, summarize
 from genalign.records import Pair, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import StageResult
@@ -77,7 +77,7 @@ def pair_file_names(out: Path) -> list[str]:
     return [n for n in names if (out / n).is_file()]
 
 
-def run(cfg: PairsConfig, *, scored: list[Path], pairs: Path, tracker: Tracker) -> StageResult:
+def run(cfg: MinePairsConfig, *, scored: list[Path], pairs: Path, tracker: Tracker) -> StageResult:
     if not scored:
         raise ValueError("pairs: no scored artifacts given")
     fp = fingerprint(cfg, {"scored": scored})

@@ -1,4 +1,5 @@
-"""score: inter-part penetration of every sample of a samples artifact.
+"""score-samples: every sample of a samples artifact scored by the configured scorer
+(`genalign.scorers.SCORERS`; inter-part penetration in part-dpo).
 
 The scored artifact holds the sample files (hard links where the file system allows)
 and `scored.jsonl`: the sample rows plus {score, detail, scorer}. A sample whose
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from genalign.config.score import PenetrationConfig
+from genalign.config.score import ScoreSamplesConfig
 from genalign.records import Sample, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import StageResult
 from genalign.stages.common import completed, fingerprint, link_or_copy
@@ -19,8 +20,8 @@ from genalign.storage import MANIFEST, atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
 
 
-def run(cfg: PenetrationConfig, *, samples: Path, scored: Path, tracker: Tracker) -> StageResult:
-    from genalign.scorers.penetration import PenetrationScorer
+def run(cfg: ScoreSamplesConfig, *, samples: Path, scored: Path, tracker: Tracker) -> StageResult:
+    from genalign.scorers import get_scorer
 
     read_manifest(samples, "samples")
     rows = read_jsonl(samples / "samples.jsonl", Sample)
@@ -29,7 +30,7 @@ def run(cfg: PenetrationConfig, *, samples: Path, scored: Path, tracker: Tracker
         out_rows = read_jsonl(scored / "scored.jsonl", ScoredSample)
         return StageResult(metrics=_metrics(out_rows) | {"score/resumed": 1.0}, summary={"samples": len(out_rows)})
 
-    scorer = PenetrationScorer(cfg)
+    scorer = get_scorer(cfg.scorer, cfg.scorer_config())
     ok = [r for r in rows if r.status == "ok"]
     results = dict(zip((r.sample_id for r in ok), scorer.score_files([samples / r.files["meshes"] for r in ok])))
     out_rows = []

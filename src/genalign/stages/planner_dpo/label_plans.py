@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genalign.config.planner_dpo import CriticConfig, LabelConfig
+from genalign.config.planner_dpo import CriticConfig, LabelPlansConfig
 from genalign.records import Sample, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import StageResult
 from genalign.stages.common import completed, fingerprint, link_or_copy
-from genalign.stages.execute_plans import scene_of
-from genalign.stages.prepare_planner import read_rows
+from genalign.stages.planner_dpo.execute_plans import scene_of
+from genalign.stages.planner_dpo.prepare_planner import read_rows
 from genalign.storage import atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
 
@@ -82,7 +82,7 @@ def _judge(rows, by_id, dataset, files_root, cfg: CriticConfig) -> list[tuple[fl
     return judge.score_plans(samples, statuses)
 
 
-def run(cfg: LabelConfig, *, executed: Path, dataset: Path, scored: Path, tracker: Tracker) -> StageResult:
+def run(cfg: LabelPlansConfig, *, executed: Path, dataset: Path, scored: Path, tracker: Tracker) -> StageResult:
     read_manifest(executed, "executed")
     rows = read_jsonl(executed / "samples.jsonl", Sample)
     fp = fingerprint(cfg, {"executed": executed, "dataset": dataset})

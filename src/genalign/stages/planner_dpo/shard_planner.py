@@ -13,9 +13,9 @@ import json
 import random
 from pathlib import Path
 
-from genalign.config.planner_dpo import ShardConfig
+from genalign.config.planner_dpo import ShardPlannerConfig
 from genalign.stages import StageResult
-from genalign.stages.prepare_planner import read_rows
+from genalign.stages.planner_dpo.prepare_planner import read_rows
 from genalign.storage import (
     ArtifactError,
     atomic_dir,
@@ -43,7 +43,7 @@ def read_shard(shards: Path, index: int) -> list[str]:
     return data["shards"][index]
 
 
-def run(cfg: ShardConfig, *, dataset: Path, shards: Path, tracker: Tracker) -> StageResult:
+def run(cfg: ShardPlannerConfig, *, dataset: Path, shards: Path, tracker: Tracker) -> StageResult:
     ids = [r["id"] for r in read_rows(dataset)]
     if len(ids) < cfg.num_shards:
         raise ValueError(f"{dataset}: {len(ids)} question(s) cannot fill {cfg.num_shards} shards")

@@ -24,7 +24,7 @@ from genalign.config.planner_dpo import TrainPlannerConfig
 from genalign.records import Pair, read_jsonl
 from genalign.stages import StageResult
 from genalign.stages.common import completed, fingerprint
-from genalign.stages.prepare_planner import planner_dir
+from genalign.stages.planner_dpo.prepare_planner import planner_dir
 from genalign.storage import atomic_dir, atomic_write_json, read_manifest, write_manifest
 from genalign.tracking import Tracker
 

@@ -1,0 +1,118 @@
+"""Components every pipeline shares: scoring, pair mining, pair accumulation, registering
+a model, and closing the pipeline's MLflow run. Each body is one `run_stage` call; the
+stage's metrics go into the KFP `Metrics` output and its outputs' URIs onto the MLflow
+child run, so a later run can resume from them.
+
+KFP ships only a component's function source, so `pipeline` (the MLflow tag of the
+run) arrives as a parameter rather than a module constant.
+"""
+
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Metrics, Model, Output
+
+from components import images
+
+
+@dsl.component(base_image=images.CPU, install_kfp_package=False)
+def score_samples(
+    config: dict,
+    experiment: str,
+    pipeline_run: str,
+    pipeline: str,
+    samples: Input[Artifact],
+    scored: Output[Artifact],
+    metrics: Output[Metrics],
+    shard: int = -1,
+):
+    """Every sample scored by the configured scorer (inter-part penetration in part-dpo)."""
+    from genalign.stages import run_stage
+
+    run_stage(
+        "score-samples", config, inputs={"samples": samples.path}, outputs={"scored": scored.path},
+        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": pipeline},
+        metrics_output=metrics, output_uris={"scored": scored.uri},
+        tags={"genalign.shard": str(shard)} if shard >= 0 else None,
+    )
+
+
+@dsl.component(base_image=images.CPU, install_kfp_package=False)
+def mine_pairs(
+    config: dict,
+    experiment: str,
+    pipeline_run: str,
+    pipeline: str,
+    scored: Input[List[Artifact]],
+    pairs: Output[Artifact],
+    metrics: Output[Metrics],
+    iteration: int = -1,
+):
+    """Win/loss pairs from all scored shards, with counts of everything dropped and why
+    (for text policies also in trl and Qwen-VL-Series-Finetune formats). `iteration`
+    (-1: a pipeline without iterations) names the MLflow child run and tags it for resume."""
+    from genalign.stages import run_stage
+
+    run_stage(
+        "mine-pairs", config, inputs={"scored": [a.path for a in scored]}, outputs={"pairs": pairs.path},
+        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": pipeline},
+        metrics_output=metrics, output_uris={"pairs": pairs.uri},
+        tags={"genalign.iteration": str(iteration)} if iteration >= 0 else None,
+    )
+
+
+@dsl.component(base_image=images.CPU, install_kfp_package=False)
+def accumulate_pairs(
+    config: dict,
+    experiment: str,
+    pipeline_run: str,
+    pipeline: str,
+    iteration: int,
+    pairs: Input[Artifact],
+    accumulated: Output[Artifact],
+    metrics: Output[Metrics],
+    previous: Input[Artifact] = None,
+):
+    """The pairs of iterations 0..i (this iteration's and the previous accumulation)."""
+    from genalign.stages import run_stage
+
+    run_stage(
+        "accumulate-pairs", config,
+        inputs={"pairs": pairs.path, "previous": previous.path if previous is not None else None},
+        outputs={"accumulated": accumulated.path},
+        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": pipeline},
+        metrics_output=metrics, output_uris={"accumulated": accumulated.uri},
+        tags={"genalign.iteration": str(iteration)},
+    )
+
+
+@dsl.component(base_image=images.CPU, install_kfp_package=False)
+def register_model(
+    config: dict,
+    experiment: str,
+    pipeline_run: str,
+    pipeline: str,
+    adapter: Input[Model],
+    report: Input[Artifact],
+    pairs: Input[Artifact],
+    registration: Output[Artifact],
+) -> str:
+    """Registers the trained adapter as an MLflow model version; returns "<name>/<version>"."""
+    from genalign.stages import run_stage
+
+    result = run_stage(
+        "register-model", config, inputs={"adapter": adapter.path, "report": report.path, "pairs": pairs.path},
+        outputs={"registration": registration.path},
+        tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": pipeline},
+        output_uris={"registration": registration.uri},
+    )
+    registration.metadata.update(result.summary)
+    return f"{result.summary['model_name']}/{result.summary['version']}"
+
+
+@dsl.component(base_image=images.CPU, install_kfp_package=False)
+def close_tracking(experiment: str, pipeline_run: str, status: dsl.PipelineTaskFinalStatus):
+    """Exit handler: marks the pipeline's MLflow parent run finished or failed."""
+    from genalign.tracking import end_pipeline_run
+
+    end_pipeline_run(experiment, pipeline_run, "FINISHED" if status.state == "SUCCEEDED" else "FAILED")

@@ -1,0 +1,1 @@
+"""Stages of planner_dpo."""
