@@ -1,7 +1,7 @@
-"""Components of the part-dpo pipeline. Each body rebuilds nothing itself: it calls
-`genalign.stages.run_stage`, which validates the config, opens the MLflow child run and
-runs the stage on the artifacts' local paths, then copies the stage metrics into the
-KFP `Metrics` output."""
+"""Components of the part-dpo pipeline. Each body is one `genalign.stages.run_stage`
+call, given the KFP artifacts themselves: run_stage reads their local paths, records
+their URIs on the MLflow child run (what `--resume-from` imports), and copies the stage
+metrics into the KFP `Metrics` output."""
 
 from typing import List
 
@@ -27,7 +27,7 @@ def prepare_parts(
 
     run_stage(
         "prepare-parts", config, inputs={},
-        outputs={"conditions": conditions.path, "eval_conditions": eval_conditions.path, "model": model.path},
+        outputs={"conditions": conditions, "eval_conditions": eval_conditions, "model": model},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
         metrics_output=metrics,
     )
@@ -50,13 +50,11 @@ def rollout_parts(
     from genalign.stages import run_stage
 
     run_stage(
-        "rollout-parts", config, inputs={"conditions": conditions.path, "model": model.path},
-        outputs={"samples": samples.path}, params={"shard": shard, "num_shards": num_shards},
+        "rollout-parts", config, inputs={"conditions": conditions, "model": model},
+        outputs={"samples": samples}, params={"shard": shard, "num_shards": num_shards},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
         metrics_output=metrics,
     )
-
-
 
 
 @dsl.component(base_image=images.CUDA, install_kfp_package=False)
@@ -73,8 +71,7 @@ def train_flow_dpo(
     from genalign.stages import run_stage
 
     run_stage(
-        "train-flow-dpo", config, inputs={"model": model.path, "pairs": pairs.path},
-        outputs={"adapter": adapter.path},
+        "train-flow-dpo", config, inputs={"model": model, "pairs": pairs}, outputs={"adapter": adapter},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
         metrics_output=metrics,
     )
@@ -101,12 +98,11 @@ def evaluate_parts(
 
     from genalign.stages import run_stage
 
-    result = run_stage(
-        "evaluate-parts", config,
-        inputs={"model": model.path, "adapter": adapter.path, "conditions": conditions.path},
-        outputs={"report": report.path},
+    run_stage(
+        "evaluate-parts", config, inputs={"model": model, "adapter": adapter, "conditions": conditions},
+        outputs={"report": report},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "part-dpo"},
         metrics_output=metrics,
     )
-    shutil.copyfile(result.summary["html"], html.path)
-    shutil.copyfile(result.summary["markdown"], summary.path)
+    shutil.copyfile(f"{report.path}/report.html", html.path)
+    shutil.copyfile(f"{report.path}/report.md", summary.path)

@@ -1,6 +1,7 @@
-"""Components of the planner-dpo pipeline. Each body calls `genalign.stages.run_stage`
-(config check, MLflow child run, the stage on local paths) and passes the outputs' URIs,
-which the child run records so a later run can resume from them."""
+"""Components of the planner-dpo pipeline. Each body is one `genalign.stages.run_stage`
+call, given the KFP artifacts themselves: run_stage reads their local paths, records
+their URIs on the MLflow child run (what `--resume-from` imports), and copies the stage
+metrics into the KFP `Metrics` output."""
 
 from typing import List
 
@@ -8,8 +9,6 @@ from kfp import dsl
 from kfp.dsl import Artifact, Input, Metrics, Model, Output
 
 from components import images
-
-PIPELINE = "planner-dpo"
 
 
 @dsl.component(base_image=images.CUDA, install_kfp_package=False)
@@ -27,9 +26,9 @@ def prepare_planner(
 
     outs = {"dataset": dataset, "eval_dataset": eval_dataset, "model": model}
     run_stage(
-        "prepare-planner", config, inputs={}, outputs={k: a.path for k, a in outs.items()},
+        "prepare-planner", config, inputs={}, outputs=outs,
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "planner-dpo"},
-        metrics_output=metrics, output_uris={k: a.uri for k, a in outs.items()},
+        metrics_output=metrics,
     )
 
 
@@ -46,9 +45,8 @@ def shard_planner(
     from genalign.stages import run_stage
 
     run_stage(
-        "shard-planner", config, inputs={"dataset": dataset.path}, outputs={"shards": shards.path},
+        "shard-planner", config, inputs={"dataset": dataset}, outputs={"shards": shards},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "planner-dpo"},
-        output_uris={"shards": shards.uri},
     )
     return list(range(num_subshards))
 
@@ -71,11 +69,11 @@ def rollout_planner(
     from genalign.stages import run_stage
 
     run_stage(
-        "rollout-planner", config, inputs={"dataset": dataset.path, "shards": shards.path, "model": model.path},
-        outputs={"samples": samples.path},
+        "rollout-planner", config, inputs={"dataset": dataset, "shards": shards, "model": model},
+        outputs={"samples": samples},
         params={"iteration": iteration, "subshard": subshard, "num_subshards": num_subshards},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "planner-dpo"},
-        metrics_output=metrics, output_uris={"samples": samples.uri},
+        metrics_output=metrics,
     )
 
 
@@ -93,10 +91,10 @@ def execute_plans(
     from genalign.stages import run_stage
 
     run_stage(
-        "execute-plans", config, inputs={"samples": samples.path, "dataset": dataset.path},
-        outputs={"executed": executed.path},
+        "execute-plans", config, inputs={"samples": samples, "dataset": dataset},
+        outputs={"executed": executed},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "planner-dpo"},
-        metrics_output=metrics, output_uris={"executed": executed.uri},
+        metrics_output=metrics,
     )
 
 
@@ -114,10 +112,10 @@ def label_plans(
     from genalign.stages import run_stage
 
     run_stage(
-        "label-plans", config, inputs={"executed": executed.path, "dataset": dataset.path},
-        outputs={"scored": scored.path},
+        "label-plans", config, inputs={"executed": executed, "dataset": dataset},
+        outputs={"scored": scored},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "planner-dpo"},
-        metrics_output=metrics, output_uris={"scored": scored.uri},
+        metrics_output=metrics,
     )
 
 
@@ -139,10 +137,10 @@ def train_planner(
     from genalign.stages import run_stage
 
     run_stage(
-        "train-planner", config, inputs={"model": model.path, "pairs": pairs.path},
-        outputs={"adapter": adapter.path, "merged": merged.path},
+        "train-planner", config, inputs={"model": model, "pairs": pairs},
+        outputs={"adapter": adapter, "merged": merged},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "planner-dpo"},
-        metrics_output=metrics, output_uris={"adapter": adapter.uri, "merged": merged.uri},
+        metrics_output=metrics,
         tags={"genalign.iteration": str(iteration)},
     )
 
@@ -169,16 +167,12 @@ def evaluate_planner(
 
     from genalign.stages import run_stage
 
-    def path(a):
-        return a.path if a is not None else None
-
-    result = run_stage(
+    run_stage(
         "evaluate-planner", config,
-        inputs={"model": model.path, "eval_dataset": eval_dataset.path, "history": path(history),
-                "pairs": path(pairs), "adapter": path(adapter)},
-        outputs={"report": report.path}, params={"iteration": iteration},
+        inputs={"model": model, "eval_dataset": eval_dataset, "history": history, "pairs": pairs, "adapter": adapter},
+        outputs={"report": report}, params={"iteration": iteration},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": "planner-dpo"},
-        metrics_output=metrics, output_uris={"report": report.uri},
+        metrics_output=metrics,
     )
-    shutil.copyfile(result.summary.get("html") or f"{report.path}/report.html", html.path)
-    shutil.copyfile(result.summary.get("markdown") or f"{report.path}/report.md", summary.path)
+    shutil.copyfile(f"{report.path}/report.html", html.path)
+    shutil.copyfile(f"{report.path}/report.md", summary.path)

@@ -1,7 +1,7 @@
 """Components every pipeline shares: scoring, pair mining, pair accumulation, registering
-a model, and closing the pipeline's MLflow run. Each body is one `run_stage` call; the
-stage's metrics go into the KFP `Metrics` output and its outputs' URIs onto the MLflow
-child run, so a later run can resume from them.
+a model, and closing the pipeline's MLflow run. Each body is one `run_stage` call given
+the KFP artifacts themselves: the stage's metrics go into the KFP `Metrics` output and
+its outputs' URIs onto the MLflow child run, so a later run can resume from them.
 
 KFP ships only a component's function source, so `pipeline` (the MLflow tag of the
 run) arrives as a parameter rather than a module constant.
@@ -30,9 +30,9 @@ def score_samples(
     from genalign.stages import run_stage
 
     run_stage(
-        "score-samples", config, inputs={"samples": samples.path}, outputs={"scored": scored.path},
+        "score-samples", config, inputs={"samples": samples}, outputs={"scored": scored},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": pipeline},
-        metrics_output=metrics, output_uris={"scored": scored.uri},
+        metrics_output=metrics,
         tags={"genalign.shard": str(shard)} if shard >= 0 else None,
     )
 
@@ -54,9 +54,9 @@ def mine_pairs(
     from genalign.stages import run_stage
 
     run_stage(
-        "mine-pairs", config, inputs={"scored": [a.path for a in scored]}, outputs={"pairs": pairs.path},
+        "mine-pairs", config, inputs={"scored": list(scored)}, outputs={"pairs": pairs},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": pipeline},
-        metrics_output=metrics, output_uris={"pairs": pairs.uri},
+        metrics_output=metrics,
         tags={"genalign.iteration": str(iteration)} if iteration >= 0 else None,
     )
 
@@ -78,10 +78,10 @@ def accumulate_pairs(
 
     run_stage(
         "accumulate-pairs", config,
-        inputs={"pairs": pairs.path, "previous": previous.path if previous is not None else None},
-        outputs={"accumulated": accumulated.path},
+        inputs={"pairs": pairs, "previous": previous},
+        outputs={"accumulated": accumulated},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": pipeline},
-        metrics_output=metrics, output_uris={"accumulated": accumulated.uri},
+        metrics_output=metrics,
         tags={"genalign.iteration": str(iteration)},
     )
 
@@ -101,10 +101,9 @@ def register_model(
     from genalign.stages import run_stage
 
     result = run_stage(
-        "register-model", config, inputs={"adapter": adapter.path, "report": report.path, "pairs": pairs.path},
-        outputs={"registration": registration.path},
+        "register-model", config, inputs={"adapter": adapter, "report": report, "pairs": pairs},
+        outputs={"registration": registration},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": pipeline},
-        output_uris={"registration": registration.uri},
     )
     registration.metadata.update(result.summary)
     return f"{result.summary['model_name']}/{result.summary['version']}"

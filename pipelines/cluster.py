@@ -1,4 +1,5 @@
-"""Cluster settings on one pipeline task, with kfp-kubernetes and the task's resource setters.
+"""Cluster settings on one pipeline task, with kfp-kubernetes and the task's resource setters;
+and the importer of an earlier run's artifacts (resume).
 
 `profile` is `genalign.config.cluster.ClusterProfile.to_dict()`: the CLI loads and checks
 the YAML, the pipelines only read the dict (they import nothing but kfp and components).
@@ -11,8 +12,10 @@ tasks the GPU nodes' selector and tolerations. kfp.local ignores all of it, so
 from kfp import dsl, kubernetes
 
 
-def apply_profile(task: dsl.PipelineTask, stage: str | None, profile: dict | None) -> dsl.PipelineTask:
-    """Applies `profile` to `task`, which runs the stage `stage` (None: a task of no stage)."""
+def apply_profile(task: dsl.PipelineTask, profile: dict | None, *, stage: bool = True) -> dsl.PipelineTask:
+    """Applies `profile` to `task`. A stage's task is found in the profile's `stages` by its
+    component's name, which is the stage's name (`score_samples` runs `score-samples`), so
+    the name is never typed twice; `stage=False` marks a task of no stage (the exit handler)."""
     if profile is None:
         return task
     if profile["tracking_configmap"]:
@@ -24,13 +27,13 @@ def apply_profile(task: dsl.PipelineTask, stage: str | None, profile: dict | Non
         kubernetes.use_secret_as_env(
             task, secret_name=profile["s3_secret"], secret_key_to_env=profile["s3_secret_keys"]
         )
-    if stage is None:
+    if not stage:
         return task
     if profile["model_cache_pvc"]:
         kubernetes.mount_pvc(task, pvc_name=profile["model_cache_pvc"], mount_path=profile["model_cache_mount"])
         task.set_env_variable("GENALIGN_CACHE", profile["model_cache_mount"])
 
-    resources = profile["stages"].get(stage)
+    resources = profile["stages"].get(task.component_spec.name)
     if resources is None:
         return task
     if resources["cpu"]:
@@ -51,3 +54,8 @@ def apply_profile(task: dsl.PipelineTask, stage: str | None, profile: dict | Non
                 value=toleration["value"], effect=toleration["effect"],
             )
     return task
+
+
+def imported(uris: dict, key: str, cls):
+    """The artifact an earlier run wrote (`uris["<stage>.<output>"]`), imported into this one."""
+    return dsl.importer(artifact_uri=uris[key], artifact_class=cls, reimport=False).output

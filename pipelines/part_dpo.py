@@ -5,22 +5,28 @@ evaluate (base vs tuned) -> register (MLflow model version + aliases). One MLflo
 parent run per pipeline run, closed by the exit handler with the run's final status.
 Each stage takes one config dict; the preset (configs/part-dpo/<preset>.yaml) fills them.
 
-`make_part_dpo(profile)` builds the pipeline with a cluster profile's settings on every
-task (`pipelines/cluster.py`); `part_dpo` is the pipeline without one.
+`make_part_dpo(profile, resume=...)` builds the pipeline with a cluster profile's
+settings on every task (`pipelines/cluster.py`); with `resume` (`genalign.resume`) the
+stages an earlier run finished are imported (`dsl.importer`) instead of run again.
 """
 
 from kfp import dsl
+from kfp.dsl import Artifact, Model
 
 from components.part_dpo import evaluate_parts, prepare_parts, rollout_parts, train_flow_dpo
 from components.shared import close_tracking, mine_pairs, register_model, score_samples
 
-from .cluster import apply_profile
+from .cluster import apply_profile, imported
+
+PIPELINE = "part-dpo"
 
 
-def make_part_dpo(profile: dict | None = None):
-    """The part-dpo pipeline; `profile` is a checked cluster profile as a dict, or None."""
+def make_part_dpo(profile: dict | None = None, *, resume: dict | None = None):
+    """The part-dpo pipeline; `profile` is a checked cluster profile as a dict, or None;
+    `resume` = {"uris": {"<stage>.<output>": uri}} continues an earlier run."""
+    uris = resume["uris"] if resume else {}
 
-    @dsl.pipeline(name="part-dpo", description="Flow-DPO of a part-aware 3D generator against inter-part penetration")
+    @dsl.pipeline(name=PIPELINE, description="Flow-DPO of a part-aware 3D generator against inter-part penetration")
     def part_dpo(
         prepare: dict,
         rollout: dict,
@@ -32,43 +38,42 @@ def make_part_dpo(profile: dict | None = None):
         experiment: str = "genalign-part-dpo",
         num_shards: int = 2,
     ):
-        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        closer = close_tracking(experiment=experiment, pipeline_run=run_id)
-        apply_profile(closer, None, profile)
+        track = {"experiment": experiment, "pipeline_run": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+        closer = close_tracking(**track)
+        apply_profile(closer, profile, stage=False)
         with dsl.ExitHandler(closer, name="tracked-run"):
-            prep = prepare_parts(config=prepare, experiment=experiment, pipeline_run=run_id, num_shards=num_shards)
-            apply_profile(prep, "prepare-parts", profile)
-            with dsl.ParallelFor(prep.outputs["Output"], name="shards") as shard:
-                roll = rollout_parts(
-                    config=rollout, experiment=experiment, pipeline_run=run_id, shard=shard,
-                    num_shards=num_shards, conditions=prep.outputs["conditions"], model=prep.outputs["model"],
-                )
-                apply_profile(roll, "rollout-parts", profile)
-                scored = score_samples(
-                    config=score, experiment=experiment, pipeline_run=run_id, pipeline="part-dpo",
-                    samples=roll.outputs["samples"], shard=shard,
-                )
-                apply_profile(scored, "score-samples", profile)
-            mined = mine_pairs(
-                config=pairs, experiment=experiment, pipeline_run=run_id, pipeline="part-dpo",
-                scored=dsl.Collected(scored.outputs["scored"]),
-            )
-            apply_profile(mined, "mine-pairs", profile)
-            trained = train_flow_dpo(
-                config=train, experiment=experiment, pipeline_run=run_id,
-                model=prep.outputs["model"], pairs=mined.outputs["pairs"],
-            )
-            apply_profile(trained, "train-flow-dpo", profile)
-            evaluated = evaluate_parts(
-                config=evaluate, experiment=experiment, pipeline_run=run_id, model=prep.outputs["model"],
-                adapter=trained.outputs["adapter"], conditions=prep.outputs["eval_conditions"],
-            )
-            apply_profile(evaluated, "evaluate-parts", profile)
-            registered = register_model(
-                config=register, experiment=experiment, pipeline_run=run_id, pipeline="part-dpo",
-                adapter=trained.outputs["adapter"], report=evaluated.outputs["report"], pairs=mined.outputs["pairs"],
-            )
-            apply_profile(registered, "register-model", profile)
+            if "mine-pairs.pairs" in uris:
+                eval_conditions = imported(uris, "prepare-parts.eval_conditions", Artifact)
+                model = imported(uris, "prepare-parts.model", Model)
+                mined = imported(uris, "mine-pairs.pairs", Artifact)
+            else:
+                prep = apply_profile(prepare_parts(config=prepare, num_shards=num_shards, **track), profile)
+                eval_conditions, model = prep.outputs["eval_conditions"], prep.outputs["model"]
+                with dsl.ParallelFor(prep.outputs["Output"], name="shards") as shard:
+                    roll = apply_profile(rollout_parts(
+                        config=rollout, shard=shard, num_shards=num_shards,
+                        conditions=prep.outputs["conditions"], model=model, **track,
+                    ), profile)
+                    scored = apply_profile(score_samples(
+                        config=score, pipeline=PIPELINE, samples=roll.outputs["samples"], shard=shard, **track,
+                    ), profile)
+                mined = apply_profile(mine_pairs(
+                    config=pairs, pipeline=PIPELINE, scored=dsl.Collected(scored.outputs["scored"]), **track,
+                ), profile).outputs["pairs"]
+            if "train-flow-dpo.adapter" in uris:
+                adapter = imported(uris, "train-flow-dpo.adapter", Model)
+            else:
+                adapter = apply_profile(train_flow_dpo(config=train, model=model, pairs=mined, **track),
+                                        profile).outputs["adapter"]
+            if "evaluate-parts.report" in uris:
+                report = imported(uris, "evaluate-parts.report", Artifact)
+            else:
+                report = apply_profile(evaluate_parts(
+                    config=evaluate, model=model, adapter=adapter, conditions=eval_conditions, **track,
+                ), profile).outputs["report"]
+            apply_profile(register_model(
+                config=register, pipeline=PIPELINE, adapter=adapter, report=report, pairs=mined, **track,
+            ), profile)
 
     return part_dpo
 

@@ -25,11 +25,7 @@ from components.planner_dpo import (
 )
 from components.shared import accumulate_pairs, close_tracking, mine_pairs, register_model
 
-from .cluster import apply_profile
-
-
-def _imported(resume: dict, key: str, cls):
-    return dsl.importer(artifact_uri=resume["uris"][key], artifact_class=cls, reimport=False).output
+from .cluster import apply_profile, imported
 
 
 def make_planner_dpo(profile: dict | None = None, *, iterations: int = 5, resume: dict | None = None):
@@ -58,52 +54,55 @@ def make_planner_dpo(profile: dict | None = None, *, iterations: int = 5, resume
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         track = {"experiment": experiment, "pipeline_run": run_id}
         closer = close_tracking(**track)
-        apply_profile(closer, None, profile)
+        apply_profile(closer, profile, stage=False)
         with dsl.ExitHandler(closer, name="tracked-run"):
             if resume:
-                dataset, eval_dataset = _imported(resume, "dataset", Artifact), _imported(resume, "eval_dataset", Artifact)
-                base, shards = _imported(resume, "model", Model), _imported(resume, "shards", Artifact)
-                model, acc = _imported(resume, "merged", Model), _imported(resume, "accumulated", Artifact)
-                history = _imported(resume, "report", Artifact)
+                uris = resume["uris"]
+                dataset = imported(uris, "prepare-planner.dataset", Artifact)
+                eval_dataset = imported(uris, "prepare-planner.eval_dataset", Artifact)
+                base, shards = imported(uris, "prepare-planner.model", Model), imported(uris, "shard-planner.shards", Artifact)
+                model = imported(uris, "train-planner.merged", Model)
+                acc = imported(uris, "accumulate-pairs.accumulated", Artifact)
+                history = imported(uris, "evaluate-planner.report", Artifact)
                 sub = shard_planner(config=shard, num_subshards=subshards, dataset=dataset, **track)
             else:
                 prep = prepare_planner(config=prepare, **track)
-                apply_profile(prep, "prepare-planner", profile)
+                apply_profile(prep, profile)
                 dataset, eval_dataset = prep.outputs["dataset"], prep.outputs["eval_dataset"]
                 base = model = prep.outputs["model"]
                 sub = shard_planner(config=shard, num_subshards=subshards, dataset=dataset, **track)
                 shards, acc = sub.outputs["shards"], None
                 ev = evaluate_planner(config=evaluate, iteration=-1, model=base, eval_dataset=eval_dataset, **track)
-                apply_profile(ev, "evaluate-planner", profile)
+                apply_profile(ev, profile)
                 history = ev.outputs["report"]
-            apply_profile(sub, "shard-planner", profile)
+            apply_profile(sub, profile)
             for i in range(start, iterations):
                 with dsl.ParallelFor(sub.outputs["Output"], name=f"rollouts-{i}") as part:
                     roll = rollout_planner(config=rollout, iteration=i, subshard=part, num_subshards=subshards,
                                            dataset=dataset, shards=shards, model=model, **track)
-                    apply_profile(roll, "rollout-planner", profile)
+                    apply_profile(roll, profile)
                     exe = execute_plans(config=execute, samples=roll.outputs["samples"], dataset=dataset, **track)
-                    apply_profile(exe, "execute-plans", profile)
+                    apply_profile(exe, profile)
                     lab = label_plans(config=label, executed=exe.outputs["executed"], dataset=dataset, **track)
-                    apply_profile(lab, "label-plans", profile)
+                    apply_profile(lab, profile)
                 mined = mine_pairs(config=pairs, iteration=i, scored=dsl.Collected(lab.outputs["scored"]),
                                    pipeline="planner-dpo", **track)
-                apply_profile(mined, "mine-pairs", profile)
+                apply_profile(mined, profile)
                 previous = {} if acc is None else {"previous": acc}
                 accumulated = accumulate_pairs(config=accumulate, iteration=i, pairs=mined.outputs["pairs"],
                                                pipeline="planner-dpo", **previous, **track)
-                apply_profile(accumulated, "accumulate-pairs", profile)
+                apply_profile(accumulated, profile)
                 acc = accumulated.outputs["accumulated"]
                 trained = train_planner(config=train, iteration=i, model=base, pairs=acc, **track)
-                apply_profile(trained, "train-planner", profile)
+                apply_profile(trained, profile)
                 model = trained.outputs["merged"]
                 ev = evaluate_planner(config=evaluate, iteration=i, model=model, eval_dataset=eval_dataset,
                                       history=history, pairs=mined.outputs["pairs"],
                                       adapter=trained.outputs["adapter"], **track)
-                apply_profile(ev, "evaluate-planner", profile)
+                apply_profile(ev, profile)
                 history = ev.outputs["report"]
             registered = register_model(config=register, adapter=trained.outputs["adapter"], report=history,
                                         pairs=acc, pipeline="planner-dpo", **track)
-            apply_profile(registered, "register-model", profile)
+            apply_profile(registered, profile)
 
     return planner_dpo

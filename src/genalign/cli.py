@@ -7,6 +7,7 @@
                                                                      run it on a Kubeflow cluster
     genalign stage score --config c.yaml --in samples=DIR --out scored=DIR   run one stage
     genalign stages                                                  list the stages
+    genalign pipelines                                               list the pipelines
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -29,18 +31,15 @@ if TYPE_CHECKING:
 
 def _pipeline_function(name: str, profile: dict | None = None, arguments: dict | None = None,
                        resume: dict | None = None):
-    """The pipeline `name`, built with `profile` (a checked ClusterProfile as a dict) or none,
-    in the shape `arguments` ask for (`pipeline_structure`), resuming an earlier run if asked."""
-    from genalign.config.presets import pipeline_structure
-    from pipelines import PIPELINE_MODULES
+    """The pipeline `name`, built by its declared factory with `profile` (a checked
+    ClusterProfile as a dict) or none, in the shape `arguments` ask for (its iterations),
+    resuming an earlier run if asked."""
+    from genalign.config.pipelines import get_pipeline
 
-    if name not in PIPELINE_MODULES:
-        raise ConfigError(f"unknown pipeline {name!r}; valid pipelines: {sorted(PIPELINE_MODULES)}")
-    module, _, attr = PIPELINE_MODULES[name].partition(":")
-    structure = pipeline_structure(name, arguments or {})
+    decl = get_pipeline(name)
+    module, _, attr = decl.factory.partition(":")
+    structure = decl.structure(arguments or {})
     if resume is not None:
-        if "iterations" not in structure:
-            raise ConfigError(f"--resume-from: {name} has no iterations to resume")
         structure["resume"] = resume
     return getattr(importlib.import_module(module), attr)(profile, **structure)
 
@@ -59,9 +58,18 @@ def cmd_stage(args: argparse.Namespace) -> int:
     import yaml
 
     from genalign.config.presets import apply_overrides
-    from genalign.stages import run_stage, stage_spec
+    from genalign.stages import get_stage, run_stage, stage_help
 
-    spec = stage_spec(args.name)
+    if args.name is None:
+        if args.help:
+            print("usage: genalign stage NAME [--config C.yaml] [--set K=V] --in NAME=DIR --out NAME=DIR "
+                  "[--param NAME=N]\n`genalign stages` lists the stages; `genalign stage NAME --help` shows one.")
+            return 0
+        raise ConfigError("genalign stage NAME: a stage is needed; `genalign stages` lists them")
+    spec = get_stage(args.name)
+    if args.help:
+        print(stage_help(args.name))
+        return 0
     config: dict[str, Any] = {}
     if args.config:
         path = Path(args.config)
@@ -72,7 +80,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
             raise ConfigError(f"{path}: expected a mapping")
     apply_overrides(config, args.set)
     ins = _pairs(args.inputs, "--in")
-    inputs = {k: (v if k in spec.list_inputs else v[-1]) for k, v in ins.items()}
+    inputs = {k: (v if k in spec.fan_in else v[-1]) for k, v in ins.items()}
     outputs = {k: v[-1] for k, v in _pairs(args.outputs, "--out").items()}
     params = {k: int(v[-1]) for k, v in _pairs(args.params, "--param").items()}
     tracking = None
@@ -84,11 +92,28 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_stages(args: argparse.Namespace) -> int:
-    from genalign.stages import STAGES
+    from genalign.config.pipelines import PIPELINES
 
-    for name, spec in STAGES.items():
-        ins = ", ".join(spec.inputs) or "-"
-        print(f"{name:16s} in: {ins:28s} out: {', '.join(spec.outputs):34s} {spec.help}")
+    shown: set[str] = set()
+    for pipeline in PIPELINES.values():
+        print(f"{pipeline.name}: {pipeline.description}")
+        for section, spec in pipeline.sections.items():
+            ins = ", ".join(f"{k}[]" if k in spec.fan_in else f"{k}?" if k in spec.optional else k
+                            for k in spec.inputs) or "-"
+            params = f"  params: {', '.join(spec.params)}" if spec.params else ""
+            again = " (shared, above)" if spec.name in shown else ""
+            print(f"  {spec.name:17s} [{section}] in: {ins}  out: {', '.join(spec.outputs)}{params}{again}")
+            if not again:
+                print(f"  {'':17s} {spec.help}")
+            shown.add(spec.name)
+    print("\n`genalign stage NAME --help` shows a stage's inputs, outputs, params and config fields.")
+    return 0
+
+
+def cmd_pipelines(args: argparse.Namespace) -> int:
+    from genalign.config.pipelines import PIPELINES
+
+    print("\n".join(PIPELINES))
     return 0
 
 
@@ -347,11 +372,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     before = set(root.iterdir())
     started = time.time()
     pipeline = _pipeline_function(args.pipeline, None, arguments, resume)
+    experiment = arguments["experiment"]
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         pipeline(**arguments)
-    except RuntimeError:
-        _print_resume_hint(args, arguments, started)
-        raise
+    except (RuntimeError, KeyboardInterrupt) as e:
+        killed = isinstance(e, KeyboardInterrupt)
+        reason = _close_after_failure(experiment, started, "KILLED" if killed else "FAILED")
+        _print_resume_hint(args, reason)
+        if killed:
+            print("genalign: the run was stopped", file=sys.stderr)
+            return 130
+        if reason is None or "stage" not in reason:
+            raise
+        print(f"genalign: stage {reason['stage']} failed: {reason['error']}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     new = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
     if not new:
         raise RuntimeError(f"the local run left nothing under {root}")
@@ -360,56 +397,87 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resume(args: argparse.Namespace, arguments: dict[str, Any]) -> dict | None:
-    """The resume plan of --resume-from/--resume-iter (read from MLflow, which must be the
-    store the earlier run logged to: MLFLOW_TRACKING_URI), or None."""
-    if args.resume_from is None and args.resume_iter is None:
+def _raise_interrupt(signum, frame) -> None:
+    """SIGTERM ends a local run as Ctrl-C does, so that its MLflow runs are closed."""
+    raise KeyboardInterrupt
+
+
+def _close_after_failure(experiment: str, started: float, status: str) -> dict[str, str] | None:
+    """After a local run failed or was stopped: close its MLflow parent run (and any stage
+    run still open) with `status`, and return {run} plus {stage, error} of the stage that failed, if one did."""
+    from genalign.tracking import ERROR_TAG, PIPELINE_RUN_TAG, STAGE_TAG, _client
+
+    client = _client()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
         return None
-    if args.resume_from is None or args.resume_iter is None:
-        raise ConfigError("--resume-from and --resume-iter go together")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.start_time >= {int(started * 1000)}",
+                              order_by=["attributes.start_time ASC"], max_results=5000)
+    parents = [r for r in runs if PIPELINE_RUN_TAG in r.data.tags]
+    if not parents:
+        return None
+    parent = parents[0]
+    failed = None
+    for run in runs:
+        if run.data.tags.get(PIPELINE_RUN_TAG + ".child") != parent.data.tags[PIPELINE_RUN_TAG]:
+            continue
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status)
+        if ERROR_TAG in run.data.tags and failed is None:
+            failed = {"stage": run.data.tags.get(STAGE_TAG) or run.info.run_name, "error": run.data.tags[ERROR_TAG]}
+    if parent.info.status == "RUNNING":
+        client.set_terminated(parent.info.run_id, status)
+    return {"run": parent.data.tags[PIPELINE_RUN_TAG], **(failed or {})}
+
+
+def _resume(args: argparse.Namespace, arguments: dict[str, Any]) -> dict | None:
+    """The resume plan of --resume-from (and --resume-iter for a pipeline with
+    iterations), read from MLflow, which must be the store the earlier run logged to
+    (MLFLOW_TRACKING_URI); None without --resume-from."""
+    if args.resume_from is None:
+        if args.resume_iter is not None:
+            raise ConfigError("--resume-iter goes with --resume-from")
+        return None
     from genalign.resume import resume_plan
 
-    experiment = arguments.get("experiment") or f"genalign-{args.pipeline}"
-    plan = resume_plan(experiment, args.resume_from, args.resume_iter)
-    print(f"resuming run {args.resume_from} at iteration {args.resume_iter}; imported: {sorted(plan['uris'])}")
+    plan = resume_plan(args.pipeline, arguments["experiment"], args.resume_from, args.resume_iter)
+    at = f" at iteration {args.resume_iter}" if args.resume_iter is not None else ""
+    print(f"resuming run {args.resume_from}{at}; imported: {sorted(plan['uris'])}")
     return plan
 
 
-def _print_resume_hint(args: argparse.Namespace, arguments: dict[str, Any], started: float) -> None:
+def _print_resume_hint(args: argparse.Namespace, reason: dict[str, str] | None) -> None:
     """After a failed local run: its run id and the command that resumes it."""
-    from genalign.config.presets import pipeline_structure
-    from genalign.tracking import PIPELINE_RUN_TAG, _client
+    from genalign.config.pipelines import get_pipeline
 
-    if "iterations" not in pipeline_structure(args.pipeline, arguments):
+    if not reason:
         return
-    client = _client()
-    exp = client.get_experiment_by_name(arguments.get("experiment") or f"genalign-{args.pipeline}")
-    if exp is None:
-        return
-    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.start_time >= {int(started * 1000)}",
-                              order_by=["attributes.start_time ASC"], max_results=1)
-    if runs and PIPELINE_RUN_TAG in runs[0].data.tags:
-        run_id = runs[0].data.tags.get(PIPELINE_RUN_TAG) or runs[0].data.tags.get(PIPELINE_RUN_TAG + ".child")
-        print(f"genalign: the run failed; pipeline run id {run_id}. Resume from the first unfinished iteration k "
-              f"with: genalign run {args.pipeline} --preset {args.preset} --resume-from {run_id} --resume-iter k",
+    decl = get_pipeline(args.pipeline)
+    command = f"genalign run {args.pipeline} --preset {args.preset} --resume-from {reason['run']}"
+    if decl.iterations is not None:
+        command += " --resume-iter k"
+        print(f"genalign: pipeline run id {reason['run']}. Resume from the first unfinished iteration k with: "
+              f"{command}", file=sys.stderr)
+    else:
+        print(f"genalign: pipeline run id {reason['run']}. Resume after its last finished stage with: {command}",
               file=sys.stderr)
 
 
 def print_run_summary(pipeline: str, run_dir: Path, uri: str, seconds: float) -> None:
     """The before/after table, the registered version, where the report is, how to look."""
-    report = run_dir / "evaluate-parts" / "report"
-    registration = run_dir / "register-model" / "registration" / "registration.json"
-    if pipeline == "planner-dpo":  # the last iteration's cumulative report
-        reports = sorted(run_dir.glob("evaluate-planner*/report/report.json"),
-                         key=lambda p: json.loads(p.read_text())["iteration"])
-        report = reports[-1].parent if reports else run_dir / "evaluate-planner" / "report"
-        registration = run_dir / "register-model" / "registration" / "registration.json"
+    from genalign.config.pipelines import get_pipeline
+
+    decl = get_pipeline(pipeline)
+    # An iterative pipeline has one report task per iteration; the last is cumulative.
+    reports = sorted(run_dir.glob(f"{decl.report}*/report/report.json"), key=lambda p: p.stat().st_mtime)
+    report = reports[-1].parent if reports else run_dir / decl.report / "report"
+    registrations = sorted(run_dir.glob(f"{decl.register}*/registration/registration.json"))
     print()
     print(f"== {pipeline}: finished in {seconds / 60:.1f} min; artifacts under {run_dir}")
     if (report / "table.txt").is_file():
         print((report / "table.txt").read_text())
-    if registration.is_file():
-        reg = json.loads(registration.read_text())
+    if registrations:
+        reg = json.loads(registrations[-1].read_text())
         aliases = ", ".join(reg.get("aliases", []))
         print(f"registered model: {reg['model_name']} version {reg['version']} (aliases: {aliases})")
         print(f"  load it:          model reference mlflow://models/{reg['model_name']}/{reg['version']}")
@@ -430,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", help="configs/<pipeline>/<preset>.yaml or a YAML path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.beta=500")
     p.add_argument("--pipeline-root", default=".genalign/kfp", help="where kfp.local keeps artifacts")
-    p.add_argument("--resume-from", metavar="RUN", help="iterative pipelines: the pipeline run id to continue")
+    p.add_argument("--resume-from", metavar="RUN", help="the pipeline run id to continue (its finished stages are imported)")
     p.add_argument("--resume-iter", metavar="K", type=int,
                    help="with --resume-from: start at iteration K, importing iterations < K")
     p.set_defaults(func=cmd_run)
@@ -461,13 +529,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="with --wait: give up waiting after this many seconds")
     p.add_argument("--poll", type=float, default=10.0, help="with --wait: seconds between status checks")
     p.add_argument("--dry-run", action="store_true", help="print what would be sent and send nothing")
-    p.add_argument("--resume-from", metavar="RUN", help="iterative pipelines: the KFP run id to continue")
+    p.add_argument("--resume-from", metavar="RUN", help="the KFP run id to continue (its finished stages are imported)")
     p.add_argument("--resume-iter", metavar="K", type=int,
                    help="with --resume-from: start at iteration K, importing iterations < K")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("stage", help="run one stage on local paths")
-    p.add_argument("name")
+    p = sub.add_parser("stage", help="run one stage on local paths or s3:// URIs", add_help=False,
+                       description="Run one stage. `genalign stage NAME --help` lists its inputs, outputs, params "
+                       "and config fields.")
+    p.add_argument("name", nargs="?")
+    p.add_argument("-h", "--help", action="store_true", help="the stage's inputs, outputs, params and config fields")
     p.add_argument("--config", help="YAML/JSON mapping of the stage's config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--in", dest="inputs", action="append", default=[], metavar="NAME=PATH")
@@ -477,8 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline-run", help="log to MLflow as a child of this pipeline run id")
     p.set_defaults(func=cmd_stage)
 
-    p = sub.add_parser("stages", help="list the stages")
+    p = sub.add_parser("stages", help="list the pipelines' stages with their inputs, outputs and params")
     p.set_defaults(func=cmd_stages)
+
+    p = sub.add_parser("pipelines", help="list the pipelines' names, one a line")
+    p.set_defaults(func=cmd_pipelines)
     return parser
 
 

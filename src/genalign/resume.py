@@ -1,18 +1,14 @@
-"""Resuming an iterative pipeline run from iteration k with the artifacts of iterations < k.
+"""Resuming a pipeline run with the outputs of the stages an earlier run finished.
 
 Every stage's MLflow child run records, once the stage has succeeded, its stage name
 (`genalign.stage_name`), its iteration (`genalign.iteration`) and the URI of each output
 (`genalign.output.<name>`). `resume_plan` reads them back for the run being resumed
-(by its KFP run id, the parent run's `genalign.pipeline_run` tag) and returns what
-`pipelines.planner_dpo.make_planner_dpo(resume=...)` imports instead of recomputing:
-
-    prepare-planner       dataset, eval_dataset, model (the base planner)
-    shard-planner         shards
-    train-planner k-1     merged (the planner iteration k rolls out with)
-    accumulate-pairs k-1  accumulated (the pairs iteration k adds to)
-    evaluate-planner k-1  report (the history the next evaluations append to)
+(by its KFP run id, the parent run's `genalign.pipeline_run` tag) and returns what the
+pipeline's factory imports (`dsl.importer`) instead of recomputing: the outputs its
+declaration lists under `resume` (`genalign.config.pipelines`), keyed "<stage>.<output>".
 
     genalign run planner-dpo --preset tiny --resume-from <run id> --resume-iter 2
+    genalign run part-dpo --preset tiny --resume-from <run id>
 """
 
 from __future__ import annotations
@@ -21,17 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from genalign.config.base import ConfigError
-from genalign.stages import ITERATION_TAG, OUTPUT_TAG, STAGE_TAG
-from genalign.tracking import PIPELINE_RUN_TAG
-
-NEEDED = (
-    ("prepare-planner", None, ("dataset", "eval_dataset", "model")),
-    ("shard-planner", None, ("shards",)),
-    ("train-planner", -1, ("merged",)),
-    ("accumulate-pairs", -1, ("accumulated",)),
-    ("evaluate-planner", -1, ("report",)),
-)
-
+from genalign.tracking import ITERATION_TAG, OUTPUT_TAG, PIPELINE_RUN_TAG, STAGE_TAG
 
 def finished_outputs(experiment: str, pipeline_run: str) -> list[dict[str, Any]]:
     """[{stage, iteration, outputs: {name: uri}}] of the run's succeeded stages."""
@@ -60,25 +46,36 @@ def finished_outputs(experiment: str, pipeline_run: str) -> list[dict[str, Any]]
     return out
 
 
-def resume_plan(experiment: str, pipeline_run: str, iteration: int) -> dict[str, Any]:
-    """{"iteration": k, "run": id, "uris": {name: uri}} to continue `pipeline_run` at k."""
-    if iteration < 1:
+def resume_plan(pipeline: str, experiment: str, pipeline_run: str, iteration: int | None) -> dict[str, Any]:
+    """{"iteration": k or None, "run": id, "uris": {"<stage>.<output>": uri}} to continue
+    `pipeline_run`: at iteration k for a pipeline with iterations, else after the last
+    resume point it finished."""
+    from genalign.config.pipelines import get_pipeline
+
+    decl = get_pipeline(pipeline)
+    if decl.iterations is not None and iteration is None:
+        raise ConfigError(f"--resume-from: {pipeline} runs in iterations; add --resume-iter K (K >= 1)")
+    if decl.iterations is None and iteration is not None:
+        raise ConfigError(f"--resume-iter: {pipeline} has no iterations; --resume-from alone resumes it")
+    if iteration is not None and iteration < 1:
         raise ConfigError(f"--resume-iter {iteration}: expected k >= 1 (k = 0 is a new run)")
     done = finished_outputs(experiment, pipeline_run)
     uris: dict[str, str] = {}
-    for stage, offset, names in NEEDED:
-        want = None if offset is None else iteration + offset
-        found = [d for d in done if d["stage"] == stage and (want is None or d["iteration"] == want)]
+    for point in decl.resume:
+        want = None if point.offset is None else iteration + point.offset
+        found = [d for d in done if d["stage"] == point.stage and (want is None or d["iteration"] == want)]
+        if not found and point.optional:
+            continue
         if not found:
-            finished = sorted({d["iteration"] for d in done if d["stage"] == "evaluate-planner"} - {-1})
+            finished = sorted({d["stage"] + ("" if d["iteration"] is None else f" {d['iteration']}") for d in done})
             raise ConfigError(
-                f"--resume-from {pipeline_run} --resume-iter {iteration}: the run has no finished {stage}"
+                f"--resume-from {pipeline_run}: the run has no finished {point.stage}"
                 + (f" of iteration {want}" if want is not None else "")
-                + f"; its finished iterations: {finished or 'none'}"
+                + f", which a resumed run starts from; its finished stages: {finished or 'none'}"
             )
-        for name in names:
+        for name in point.outputs:
             uri = found[-1]["outputs"][name]
             if "://" not in uri and not Path(uri).exists():
-                raise ConfigError(f"--resume-from {pipeline_run}: {stage} output {name} is gone: {uri}")
-            uris[name] = uri
+                raise ConfigError(f"--resume-from {pipeline_run}: {point.stage} output {name} is gone: {uri}")
+            uris[f"{point.stage}.{name}"] = uri
     return {"iteration": iteration, "run": pipeline_run, "uris": uris}

@@ -67,6 +67,12 @@ class NullTracker(Tracker):
 
 DEFAULT_DIR = ".genalign"
 PIPELINE_RUN_TAG = "genalign.pipeline_run"
+STAGE_TAG = "genalign.stage_name"  # the stage ("rollout-planner"); genalign.stage is the run label
+ITERATION_TAG = "genalign.iteration"
+SHARD_TAG = "genalign.shard"
+OUTPUT_TAG = "genalign.output."
+ERROR_TAG = "genalign.error"
+REUSED_TAG = "genalign.reused"
 
 
 def tracking_uri() -> str:

@@ -8,8 +8,10 @@ no torch, so configs load in a pipeline compiler or a component's thin body.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 C = TypeVar("C", bound="Config")
@@ -153,3 +155,82 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def check_range(
+    name: str,
+    value: float,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> None:
+    """ValueError naming `name` and the expected range unless `value` is a finite number
+    within the bounds (`ge` <= value, `gt` < value, value <= `le`, value < `lt`).
+
+    For `__post_init__` checks: `from_dict` turns the ValueError into a ConfigError that
+    names the field's full path. inf and nan are always refused.
+    """
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (ge is None or value >= ge)
+        and (gt is None or value > gt)
+        and (le is None or value <= le)
+        and (lt is None or value < lt)
+    )
+    if ok:
+        return
+    integer = isinstance(value, int) and not isinstance(value, bool)
+    kind = "an integer" if integer else "a finite number"
+    low = f"[{ge}" if ge is not None else f"({gt}" if gt is not None else None
+    high = f"{le}]" if le is not None else f"{lt})" if lt is not None else None
+    if low and high:
+        bounds = f" in {low}, {high}"
+    elif low:
+        bounds = f" >= {ge}" if ge is not None else f" > {gt}"
+    elif high:
+        bounds = f" <= {le}" if le is not None else f" < {lt}"
+    else:
+        bounds = ""
+    raise ValueError(f"{name}: expected {kind}{bounds}, got {value!r}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping at the top level of the YAML file `path` ({} for an empty file).
+
+    A syntax error or a top level that is not a mapping is a ConfigError that names the
+    file and the line: "<file>:<line>: ...".
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read the file as text ({e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = e.problem or "syntax error"
+        if mark:
+            problem += f" at column {mark.column + 1}"
+        if e.context:
+            started = f" on line {e.context_mark.line + 1}" if e.context_mark else ""
+            problem += f" ({e.context}{started})"
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        line = yaml.compose(text).start_mark.line + 1
+        raise ConfigError(
+            f"{path}:{line}: expected a mapping (key: value) at the top level, "
+            f"got {type(data).__name__}"
+        )
+    return data

@@ -186,7 +186,7 @@ def load_profile(path: str | Path, *, stages: Iterable[str] | None = None) -> Cl
     import yaml
 
     if stages is None:
-        from genalign.stages import STAGES  # the stage table; it imports no torch
+        from genalign.config.pipelines import STAGES  # every declared stage
 
         stages = STAGES
 

@@ -7,49 +7,12 @@ file and the key, not an hour into a run.
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
 
-from genalign.config.base import ConfigError
-
-# pipeline -> stage section -> config class; and the pipeline's top-level scalars.
-PIPELINE_SECTIONS: dict[str, dict[str, str]] = {
-    "part-dpo": {
-        "prepare": "genalign.config.part_dpo:PreparePartsConfig",
-        "rollout": "genalign.config.part_dpo:RolloutPartsConfig",
-        "score": "genalign.config.score:ScoreSamplesConfig",
-        "pairs": "genalign.config.pairs:MinePairsConfig",
-        "train": "genalign.config.flow_dpo:TrainFlowDPOConfig",
-        "evaluate": "genalign.config.part_dpo:EvaluatePartsConfig",
-        "register": "genalign.config.register:RegisterModelConfig",
-    },
-    "planner-dpo": {
-        "prepare": "genalign.config.planner_dpo:PreparePlannerConfig",
-        "shard": "genalign.config.planner_dpo:ShardPlannerConfig",
-        "rollout": "genalign.config.planner_dpo:RolloutPlannerConfig",
-        "execute": "genalign.config.planner_dpo:ExecutePlansConfig",
-        "label": "genalign.config.planner_dpo:LabelPlansConfig",
-        "pairs": "genalign.config.pairs:MinePairsConfig",
-        "accumulate": "genalign.config.pairs:AccumulatePairsConfig",
-        "train": "genalign.config.planner_dpo:TrainPlannerConfig",
-        "evaluate": "genalign.config.planner_dpo:EvaluatePlannerConfig",
-        "register": "genalign.config.register:RegisterModelConfig",
-    },
-}
-PIPELINE_SCALARS: dict[str, dict[str, type]] = {
-    "part-dpo": {"experiment": str, "num_shards": int},
-    "planner-dpo": {"experiment": str, "subshards": int},
-}
-
-
-def pipeline_structure(pipeline: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    """What the pipeline's shape depends on, fixed when it is compiled: planner-dpo unrolls
-    one round per shard (`shard.num_shards` iterations)."""
-    if pipeline == "planner-dpo":
-        return {"iterations": int(arguments["shard"].get("num_shards", 5))}
-    return {}
+from genalign.config.base import ConfigError, load_yaml
+from genalign.config.pipelines import get_pipeline
 
 
 def configs_dir() -> Path:
@@ -60,15 +23,6 @@ def configs_dir() -> Path:
         if (root / "configs").is_dir():
             return root / "configs"
     raise ConfigError("no configs/ directory found; run from the repository root or set GENALIGN_CONFIGS")
-
-
-def _class(path: str):
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def pipeline_names() -> list[str]:
-    return sorted(PIPELINE_SECTIONS)
 
 
 def preset_path(pipeline: str, preset: str) -> Path:
@@ -103,26 +57,27 @@ def load_preset(pipeline: str, preset: str = "tiny", overrides: list[str] | tupl
     """The validated, fully explicit arguments of `pipeline` for `preset` (+ overrides)."""
     import yaml
 
-    if pipeline not in PIPELINE_SECTIONS:
-        raise ConfigError(f"unknown pipeline {pipeline!r}; valid pipelines: {pipeline_names()}")
+    decl = get_pipeline(pipeline)
     path = preset_path(pipeline, preset)
     if not path.is_file():
         available = sorted(p.stem for p in (configs_dir() / pipeline).glob("*.yaml"))
         raise ConfigError(f"{path}: no such preset; presets of {pipeline}: {available}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     apply_overrides(data, overrides)
-    sections, scalars = PIPELINE_SECTIONS[pipeline], PIPELINE_SCALARS[pipeline]
+    sections, scalars = decl.sections, decl.scalars
     unknown = sorted(set(data) - set(sections) - set(scalars))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; valid keys are {sorted(sections) + sorted(scalars)}")
     args: dict[str, Any] = {}
-    for name, cls_path in sections.items():
-        args[name] = _class(cls_path).from_dict(data.get(name) or {}, where=f"{path}: {name}").to_args()
-    for name, tp in scalars.items():
-        if name in data:
-            if not isinstance(data[name], tp) or isinstance(data[name], bool):
-                raise ConfigError(f"{path}: {name}: expected {tp.__name__}, got {data[name]!r}")
-            args[name] = data[name]
+    for name, stage in sections.items():
+        args[name] = stage.config_class().from_dict(data.get(name) or {}, where=f"{path}: {name}").to_args()
+    for name, scalar in scalars.items():
+        value = data.get(name, scalar.default)
+        if not isinstance(value, scalar.type) or isinstance(value, bool):
+            raise ConfigError(f"{path}: {name}: expected {scalar.type.__name__} ({scalar.help}), got {value!r}")
+        if scalar.minimum is not None and value < scalar.minimum:
+            raise ConfigError(f"{path}: {name}: expected an integer >= {scalar.minimum} ({scalar.help}), got {value}")
+        args[name] = value
     return args

@@ -1,137 +1,52 @@
-"""Pipeline stages: `run(cfg, *, <inputs>, <outputs>, tracker) -> StageResult` on local paths.
+"""Pipeline stages: `run(cfg, *, <inputs>, <outputs>, <params>, tracker) -> StageResult` on local paths.
 
 Each stage is reachable three ways: `genalign stage <name> ...` from a shell, a KFP
 component in `components/`, and plain Python. `run_stage` is the one entry point the
-first two share: it validates the config before any work, opens the MLflow child run,
-calls the stage, and closes the run with its status.
+first two share, and it owns everything around the stage's own work:
+
+- the config is checked against its dataclass before any work;
+- inputs and outputs may be local paths, `s3://` URIs (materialised in a scratch
+  directory, outputs uploaded at the end) or KFP artifacts (their `.path` and `.uri`);
+- reuse: an output already sealed with the same fingerprint (stage, config, params and
+  the *content* of every input file) and untouched since is not recomputed; the stored
+  result comes back with `reused=True` and the same metrics;
+- every output is sealed when the stage returns: its manifest gets the sha256 of every
+  payload file, the fingerprint and the stage's result;
+- tracking: one MLflow child run per stage under the pipeline's parent, with the config
+  as params, the metrics, and (once it succeeded) the stage name, iteration and output
+  URIs that `--resume-from` reads back; a failure is tagged with its reason;
+- under torchrun only rank 0 tracks, seals and publishes outputs; other ranks write to
+  scratch directories that are dropped;
+- `.NAME.*.tmp` directories that a killed stage left beside an output are removed.
+
+The stage table is the pipelines' declaration (`genalign.config.pipelines.STAGES`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
-from dataclasses import dataclass
+import json
+import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from genalign.config.base import Config, ConfigError, flatten
+from genalign.config.base import ConfigError, flatten
+from genalign.config.pipelines import STAGES, Stage, get_stage
+from genalign.tracking import ERROR_TAG, ITERATION_TAG, OUTPUT_TAG, REUSED_TAG, SHARD_TAG, STAGE_TAG
 
 
-@dataclass(frozen=True)
-class StageSpec:
-    module: str  # genalign.stages.<module>
-    config: str  # "<module path>:<ClassName>" so that listing stages imports no torch
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    params: tuple[str, ...] = ()
-    help: str = ""
-    list_inputs: tuple[str, ...] = ()  # inputs that take several artifacts (fan-in)
-    optional: tuple[str, ...] = ()  # inputs that may be left out (None)
+__all__ = ["STAGES", "Stage", "StageResult", "get_stage", "run_stage"]
 
 
-# The stages, by the name used on the command line and in MLflow child runs.
-STAGES: dict[str, StageSpec] = {
-    "prepare-parts": StageSpec(
-        "part_dpo.prepare_parts", "genalign.config.part_dpo:PreparePartsConfig",
-        inputs=(), outputs=("conditions", "eval_conditions", "model"),
-        help="procedural conditions (train + held-out) and the base generator",
-    ),
-    "rollout-parts": StageSpec(
-        "part_dpo.rollout_parts", "genalign.config.part_dpo:RolloutPartsConfig",
-        inputs=("conditions", "model"), outputs=("samples",), params=("shard", "num_shards"),
-        help="K samples per condition of one shard: meshes (GLB), latents and conditioning",
-    ),
-    "score-samples": StageSpec(
-        "shared.score_samples", "genalign.config.score:ScoreSamplesConfig",
-        inputs=("samples",), outputs=("scored",),
-        help="inter-part penetration of every sample",
-    ),
-    "mine-pairs": StageSpec(
-        "shared.mine_pairs", "genalign.config.pairs:MinePairsConfig",
-        inputs=("scored",), outputs=("pairs",), list_inputs=("scored",),
-        help="win/loss pairs from one or more scored shards",
-    ),
-    "train-flow-dpo": StageSpec(
-        "part_dpo.train_flow_dpo", "genalign.config.flow_dpo:TrainFlowDPOConfig",
-        inputs=("model", "pairs"), outputs=("adapter",),
-        help="flow-matching DPO of a LoRA/DoRA adapter on the pairs",
-    ),
-    "evaluate-parts": StageSpec(
-        "part_dpo.evaluate_parts", "genalign.config.part_dpo:EvaluatePartsConfig",
-        inputs=("model", "adapter", "conditions"), outputs=("report",),
-        help="base vs tuned on held-out conditions, same seeds; report with plots",
-    ),
-    "register-model": StageSpec(
-        "shared.register_model", "genalign.config.register:RegisterModelConfig",
-        inputs=("adapter", "report", "pairs"), outputs=("registration",),
-        help="the adapter as an MLflow model version with lineage and aliases",
-    ),
-    # planner-dpo
-    "prepare-planner": StageSpec(
-        "planner_dpo.prepare_planner", "genalign.config.planner_dpo:PreparePlannerConfig",
-        inputs=(), outputs=("dataset", "eval_dataset", "model"),
-        help="spatial questions (train + held-out) and the base planner (warm-started)",
-    ),
-    "shard-planner": StageSpec(
-        "planner_dpo.shard_planner", "genalign.config.planner_dpo:ShardPlannerConfig",
-        inputs=("dataset",), outputs=("shards",),
-        help="seeded split of the questions into one shard per iteration",
-    ),
-    "rollout-planner": StageSpec(
-        "planner_dpo.rollout_planner", "genalign.config.planner_dpo:RolloutPlannerConfig",
-        inputs=("dataset", "shards", "model"), outputs=("samples",),
-        params=("iteration", "subshard", "num_subshards"),
-        help="K plans per question of one sub-shard of the iteration's shard",
-    ),
-    "execute-plans": StageSpec(
-        "planner_dpo.execute_plans", "genalign.config.planner_dpo:ExecutePlansConfig",
-        inputs=("samples", "dataset"), outputs=("executed",),
-        help="every instruction of every plan turned into an image",
-    ),
-    "label-plans": StageSpec(
-        "planner_dpo.label_plans", "genalign.config.planner_dpo:LabelPlansConfig",
-        inputs=("executed", "dataset"), outputs=("scored",),
-        help="the critic's score of every plan",
-    ),
-    "accumulate-pairs": StageSpec(
-        "shared.accumulate_pairs", "genalign.config.pairs:AccumulatePairsConfig",
-        inputs=("pairs", "previous"), outputs=("accumulated",), optional=("previous",),
-        help="the pairs of iterations 0..i",
-    ),
-    "train-planner": StageSpec(
-        "planner_dpo.train_planner", "genalign.config.planner_dpo:TrainPlannerConfig",
-        inputs=("model", "pairs"), outputs=("adapter", "merged"),
-        help="trl DPO of a fresh adapter from the base, and the merged planner",
-    ),
-    "evaluate-planner": StageSpec(
-        "planner_dpo.evaluate_planner", "genalign.config.planner_dpo:EvaluatePlannerConfig",
-        inputs=("model", "eval_dataset", "history", "pairs", "adapter"), outputs=("report",),
-        params=("iteration",), optional=("history", "pairs", "adapter"),
-        help="held-out score of a planner vs the base; cumulative report with plots",
-    ),
-}
-
-
-STAGE_TAG = "genalign.stage_name"  # the stage ("rollout-planner"); genalign.stage is the run label
-ITERATION_TAG = "genalign.iteration"
-SHARD_TAG = "genalign.shard"
-OUTPUT_TAG = "genalign.output."
-
-
-@dataclass
+@dataclasses.dataclass
 class StageResult:
     metrics: dict[str, float]
     summary: dict[str, Any]
-
-
-def stage_spec(name: str) -> StageSpec:
-    if name not in STAGES:
-        raise ConfigError(f"unknown stage {name!r}; valid stages: {sorted(STAGES)}")
-    return STAGES[name]
-
-
-def config_class(spec: StageSpec) -> type[Config]:
-    module, _, cls = spec.config.partition(":")
-    return getattr(importlib.import_module(module), cls)
+    reused: bool = False
 
 
 # Fault injection for recovery tests and drills: "<stage>" or "<stage>:<iteration>" makes
@@ -143,16 +58,38 @@ class InjectedFailure(RuntimeError):
     """The failure GENALIGN_FAIL_STAGE asked for."""
 
 
-def _fail_if_asked(name: str, params: dict[str, Any], tags: dict[str, str] | None) -> None:
-    import os
-
+def _fail_if_asked(name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
     want = os.environ.get(FAIL_ENV)
     if not want:
         return
     stage, _, iteration = want.partition(":")
-    found = params.get("iteration", (tags or {}).get(ITERATION_TAG))
+    found = params.get("iteration", tags.get(ITERATION_TAG))
     if stage == name and (not iteration or str(found) == iteration):
         raise InjectedFailure(f"{FAIL_ENV}={want}: stage {name} fails on purpose")
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (RANK), 0 otherwise."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _where(value: Any) -> tuple[str, str]:
+    """(local path or URI, URI to record) of a path, an `s3://` URI or a KFP artifact."""
+    if isinstance(value, (str, Path)):
+        text = str(value)
+        return text, text if "://" in text else str(Path(text).resolve())
+    return value.path, value.uri  # a KFP artifact: its local path and its object-store URI
+
+
+def _encode(result: StageResult) -> dict[str, Any]:
+    """The result as strict JSON: a non-finite metric is stored as its name ("nan")."""
+    metrics = {k: (v if math.isfinite(v) else str(v)) for k, v in result.metrics.items()}
+    return {"metrics": metrics, "summary": json.loads(json.dumps(result.summary, default=str))}
+
+
+def _decode(stored: dict[str, Any]) -> StageResult:
+    return StageResult(metrics={k: float(v) for k, v in stored["metrics"].items()},
+                       summary=stored["summary"], reused=True)
 
 
 def run_stage(
@@ -160,61 +97,96 @@ def run_stage(
     config: dict[str, Any],
     *,
     inputs: dict[str, Any],
-    outputs: dict[str, str],
+    outputs: dict[str, Any],
     params: dict[str, Any] | None = None,
     tracking: dict[str, str] | None = None,
     metrics_output: Any = None,
-    output_uris: dict[str, str] | None = None,
     tags: dict[str, str] | None = None,
 ) -> StageResult:
-    """Validate, track and run one stage. `tracking` = {experiment, pipeline_run, pipeline}
-    opens an MLflow child run under the pipeline's parent; None logs nowhere.
-    `metrics_output` (a KFP `Output[Metrics]`) receives the stage's metrics too;
-    `output_uris` (the outputs' artifact URIs) and `tags` are set on the child run when it
-    succeeds."""
+    """Check, reuse or run, seal, track and publish one stage.
+
+    `inputs` / `outputs`: name -> local path, `s3://` URI or KFP artifact (a list of
+    them for a fan-in input). `tracking` = {experiment, pipeline_run, pipeline} opens an
+    MLflow child run under the pipeline's parent; None logs nowhere. `metrics_output` (a
+    KFP `Output[Metrics]`) receives the stage's metrics too; `tags` (iteration, shard)
+    name the child run and are set on it."""
+    from genalign import artifacts
     from genalign.tracking import MlflowTracker, NullTracker
 
-    spec = stage_spec(name)
-    cfg = config_class(spec).from_dict(config, where=f"{name} config")
-    params = params or {}
+    stage = get_stage(name)
+    cfg = stage.config_class().from_dict(config, where=f"{name} config")
+    params, tags = dict(params or {}), dict(tags or {})
     inputs = {k: v for k, v in inputs.items() if v is not None}
-    for group, names, given, optional in (
-        ("input", spec.inputs, inputs, spec.optional), ("output", spec.outputs, outputs, ()),
-        ("parameter", spec.params, params, ()),
-    ):
-        if not set(names) - set(optional) <= set(given) <= set(names):
-            raise ConfigError(f"stage {name}: {group}s {sorted(given)} given, expected {sorted(names)}")
-    if tracking:
-        # The child run's name: the stage, its iteration and shard ("rollout-planner-2-0").
-        suffix = [tags[ITERATION_TAG]] if tags and ITERATION_TAG in tags else []
-        suffix += [str(params[k]) for k in ("iteration", "shard", "subshard") if k in params]
-        suffix += [tags[SHARD_TAG]] if tags and SHARD_TAG in tags else []
-        tracker = MlflowTracker.for_stage(
-            experiment=tracking["experiment"],
-            pipeline_run=tracking["pipeline_run"],
-            stage=name + "".join(f"-{v}" for v in suffix),
-            tags={"genalign.pipeline": tracking.get("pipeline", "")},
-        )
-    else:
+    _check_names(stage, inputs, outputs, params)
+    rank = _rank()
+
+    with contextlib.ExitStack() as stack:
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"genalign-{name}-")))
+        local_in, uris_in = {}, {}
+        for key, value in inputs.items():
+            items = value if key in stage.fan_in else [value]
+            if key in stage.fan_in and not isinstance(value, (list, tuple)):
+                raise ConfigError(f"stage {name}: input {key} takes a list of artifacts")
+            paths = []
+            for i, item in enumerate(items):
+                where, uri = _where(item)
+                paths.append(artifacts.materialise(where, scratch / "in" / f"{key}-{i}"))
+                uris_in.setdefault(key, []).append(uri)
+            local_in[key] = paths if key in stage.fan_in else paths[0]
+        local_out, uris_out, upload = {}, {}, {}
+        for key, value in outputs.items():
+            where, uri = _where(value)
+            uris_out[key] = uri
+            if rank != 0:  # only rank 0 publishes; the others' outputs are dropped
+                local_out[key] = scratch / "rank-out" / key
+            elif artifacts.is_remote(where):
+                local_out[key] = scratch / "out" / key
+                upload[key] = where
+            else:
+                local_out[key] = Path(where)
+                artifacts.remove_stale_temporaries(local_out[key])
+
         tracker = NullTracker()
-    tracker.log_params(flatten(cfg.to_dict()))
-    _fail_if_asked(name, params, tags)
-    module = importlib.import_module(f"genalign.stages.{spec.module}")
-    kwargs: dict[str, Any] = {k: None for k in spec.optional}
-    kwargs.update({k: ([Path(p) for p in v] if isinstance(v, list) else Path(v)) for k, v in inputs.items()})
-    kwargs.update({k: Path(v) for k, v in outputs.items()})
-    kwargs.update(params)
-    try:
-        result = module.run(cfg, **kwargs, tracker=tracker)
-    except BaseException:
-        if tracking:
-            tracker.end("FAILED")
-        raise
+        if tracking and rank == 0:
+            suffix = [tags[ITERATION_TAG]] if ITERATION_TAG in tags else []
+            suffix += [str(params[k]) for k in ("iteration", "shard", "subshard") if k in params]
+            suffix += [tags[SHARD_TAG]] if SHARD_TAG in tags else []
+            tracker = MlflowTracker.for_stage(
+                experiment=tracking["experiment"],
+                pipeline_run=tracking["pipeline_run"],
+                stage=name + "".join(f"-{v}" for v in suffix),
+                tags={"genalign.pipeline": tracking.get("pipeline", "")},
+            )
+        tracker.log_params(flatten(cfg.to_dict()))
+        try:
+            _fail_if_asked(name, params, tags)
+            fingerprint = artifacts.fingerprint(name, cfg.to_dict(), params, local_in)
+            stored = artifacts.sealed_result(local_out, fingerprint) if rank == 0 else None
+            if stored is not None:
+                result = _decode(stored)
+            else:
+                module = importlib.import_module(stage.module)
+                kwargs: dict[str, Any] = {k: None for k in stage.optional}
+                kwargs.update(local_in)
+                kwargs.update(local_out)
+                kwargs.update(params)
+                result = module.run(cfg, **kwargs, tracker=tracker)
+                if rank == 0:
+                    for path in local_out.values():
+                        artifacts.seal(path, stage=name, fingerprint=fingerprint, result=_encode(result))
+            for key, uri in upload.items():
+                artifacts.publish(local_out[key], uri)
+        except BaseException as e:
+            if tracking and rank == 0:
+                tracker.set_tags({ERROR_TAG: f"{type(e).__name__}: {e}"[:5000]})
+                tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            raise
     tracker.log_metrics(result.metrics)
-    if tracking:
+    if tracking and rank == 0:
         # What a later run resumes from (`genalign run ... --resume-from`): the stage, its
         # iteration and where its outputs are, recorded only once they are complete.
-        done = {STAGE_TAG: name, **(tags or {}), **{f"{OUTPUT_TAG}{k}": v for k, v in (output_uris or {}).items()}}
+        done = {STAGE_TAG: name, REUSED_TAG: str(result.reused).lower(), **tags,
+                **{f"{OUTPUT_TAG}{k}": v for k, v in uris_out.items()}}
         if "iteration" in params:
             done[ITERATION_TAG] = str(params["iteration"])
         tracker.set_tags(done)
@@ -223,3 +195,52 @@ def run_stage(
         for key, value in result.metrics.items():
             metrics_output.log_metric(key, value)
     return result
+
+
+def _check_names(stage: Stage, inputs: dict[str, Any], outputs: dict[str, Any], params: dict[str, Any]) -> None:
+    for group, names, given, optional in (
+        ("input", tuple(stage.inputs), inputs, stage.optional),
+        ("output", tuple(stage.outputs), outputs, ()),
+        ("parameter", stage.params, params, ()),
+    ):
+        if not set(names) - set(optional) <= set(given) <= set(names):
+            raise ConfigError(f"stage {stage.name}: {group}s {sorted(given)} given, expected {sorted(names)}"
+                              + (f" (optional: {sorted(optional)})" if optional else ""))
+
+
+def stage_help(name: str) -> str:
+    """What `genalign stage <name> --help` prints: inputs, outputs, params, config fields."""
+    stage = get_stage(name)
+    cls = stage.config_class()
+    lines = [f"genalign stage {name}: {stage.help}", "",
+             f"    genalign stage {name} --config C.yaml "
+             + " ".join(f"--in {k}=DIR" for k in stage.inputs) + " "
+             + " ".join(f"--out {k}=DIR" for k in stage.outputs)
+             + "".join(f" --param {k}=N" for k in stage.params), ""]
+    lines.append("inputs:")
+    for key, kind in stage.inputs.items():
+        notes = [n for n, on in (("optional", key in stage.optional), ("several", key in stage.fan_in)) if on]
+        lines.append(f"  {key:16s} {kind} artifact" + (f" ({', '.join(notes)})" if notes else ""))
+    if not stage.inputs:
+        lines.append("  (none)")
+    lines.append("outputs:")
+    lines += [f"  {key:16s} {kind} artifact" for key, kind in stage.outputs.items()]
+    if stage.params:
+        lines.append("params (integers, --param NAME=N):")
+        lines += [f"  {key}" for key in stage.params]
+    lines.append(f"config ({cls.__name__}; --config YAML/JSON, --set key=value):")
+    lines += _field_help(cls, "  ")
+    return "\n".join(lines)
+
+
+def _field_help(cls: type, indent: str, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(cls):
+        default = (f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+        nested = dataclasses.is_dataclass(default)
+        shown = "" if nested else f" [default: {default!r}]"
+        out.append(f"{indent}{prefix}{f.name}: {f.metadata.get('help', '')}{shown}")
+        if nested:
+            out += _field_help(type(default), indent, prefix=f"{prefix}{f.name}.")
+    return out

@@ -3,7 +3,8 @@
 For each held-out condition and seed, both models sample; the decoded objects are
 scored for penetration and compared with the ground truth (the reward-hacking guard:
 the easiest way to stop penetrating is to shrink or scatter parts, which volume IoU,
-Chamfer distance and the volume ratio expose). The gate passes when mean penetration
+Chamfer distance and the volume ratio expose). `metric_specs` says what each number
+means to the shared gate (genalign.evaluation.contract): it passes when mean penetration
 goes down and the guard holds within `guard_tolerance` of the base.
 
 The report directory holds report.json, table.txt, PNG plots, a gallery, report.md and
@@ -17,13 +18,39 @@ from pathlib import Path
 from statistics import fmean
 
 from genalign.config.part_dpo import EvaluatePartsConfig
+from genalign.evaluation.contract import Gate, MetricSpec, gate, write_report
 from genalign.records import Condition
 from genalign.stages import StageResult
-from genalign.stages.common import completed, fingerprint, load_generator
-from genalign.storage import atomic_dir, atomic_write_json, atomic_write_text, write_manifest
+from genalign.stages.common import load_generator
+from genalign.storage import atomic_dir, write_manifest
 from genalign.tracking import Tracker
 
-GUARD_LOWER_IS_BETTER = {"chamfer": True, "volume_iou": False}
+
+def metric_specs(cfg: EvaluatePartsConfig) -> list[MetricSpec]:
+    """The metrics of `compare`, in table order, as the gate and the report read them.
+
+    The gate: mean penetration goes down, and volume IoU, Chamfer distance and the volume
+    ratio stay within `guard_tolerance` of the base (a fraction of the base value; the
+    volume ratio may move toward 1 freely). The penetrating share and the part-count
+    match are checked and shown but do not decide it.
+    """
+    tol = cfg.guard_tolerance
+    guard = {"tolerance": tol, "relative": True}
+    return [
+        MetricSpec("penetration_mean", "target", "lower", help="mean over objects of the penetration score"),
+        MetricSpec("penetration_max", "info", "lower", help="the worst object's penetration score"),
+        MetricSpec("penetrating_share", "target", "lower", gated=False,
+                   help=f"share of objects whose penetration exceeds {cfg.threshold}"),
+        MetricSpec("volume_iou", "guard", "higher", **guard, help="occupancy IoU with the ground-truth object"),
+        MetricSpec("chamfer", "guard", "lower", **guard, help="symmetric Chamfer distance to the ground truth"),
+        MetricSpec("volume_ratio", "guard", "closer", reference=1.0, **guard,
+                   help="total part volume / ground-truth volume: shrunk parts fall below 1"),
+        MetricSpec("part_count_match", "guard", "higher", gated=False, **guard,
+                   help="share of objects with as many parts as their ground truth"),
+        MetricSpec("penetration_ratio", "info", "lower", help="tuned / base mean penetration"),
+        MetricSpec("win_rate", "info", "higher",
+                   help="share of same-seed samples where the tuned object penetrates less (ties count half)"),
+    ]
 
 
 def measure(gen, conditions: list[Condition], cond_dir: Path, cfg: EvaluatePartsConfig, out: Path | None = None,
@@ -72,26 +99,15 @@ def summarize(rows: list[dict], threshold: float) -> dict[str, float]:
     }
 
 
-def compare(base_rows: list[dict], tuned_rows: list[dict], cfg: EvaluatePartsConfig) -> dict:
-    """Metrics of both models, the tuned model's win rate and the gate decision."""
+def compare(base_rows: list[dict], tuned_rows: list[dict], cfg: EvaluatePartsConfig) -> tuple[dict, dict]:
+    """Metrics of both models; the tuned model's add its win rate and penetration ratio over the base."""
     base, tuned = summarize(base_rows, cfg.threshold), summarize(tuned_rows, cfg.threshold)
     wins = [
         1.0 if t["penetration"] < b["penetration"] else 0.5 if t["penetration"] == b["penetration"] else 0.0
         for b, t in zip(base_rows, tuned_rows, strict=True)
     ]
     ratio = tuned["penetration_mean"] / base["penetration_mean"] if base["penetration_mean"] > 0 else float("inf")
-    tol = cfg.guard_tolerance
-    guard_ok = (
-        tuned["volume_iou"] >= base["volume_iou"] * (1 - tol)
-        and tuned["chamfer"] <= base["chamfer"] * (1 + tol)
-        and abs(tuned["volume_ratio"] - base["volume_ratio"]) <= tol * base["volume_ratio"]
-    )
-    gate = {
-        "penetration_down": tuned["penetration_mean"] < base["penetration_mean"],
-        "guard_held": guard_ok,
-    }
-    gate["passed"] = all(gate.values())
-    return {"base": base, "tuned": tuned, "win_rate": fmean(wins), "penetration_ratio": ratio, "gate": gate}
+    return base, {**tuned, "penetration_ratio": ratio, "win_rate": fmean(wins)}
 
 
 def run(cfg: EvaluatePartsConfig, *, model: Path, adapter: Path, conditions: Path, report: Path,
@@ -101,56 +117,32 @@ def run(cfg: EvaluatePartsConfig, *, model: Path, adapter: Path, conditions: Pat
 
     conds = load_conditions(conditions)
     check_adapter_base(adapter, model / "dit")
-    fp = fingerprint(cfg, {"model": model, "adapter": adapter, "conditions": conditions})
-    if completed(report, "report", fp):
-        data = json.loads((report / "report.json").read_text())
-        return StageResult(metrics=data["metrics"], summary={"html": str(report / "report.html"), "markdown": str(report / "summary.md"),
-                                                          **data["comparison"]["gate"]})
 
     with atomic_dir(report) as tmp:
         base_rows = measure(load_generator(model), conds, conditions, cfg, tmp, "base")
         tuned_rows = measure(load_generator(model, adapter_dir=adapter), conds, conditions, cfg, tmp, "tuned")
-        comparison = compare(base_rows, tuned_rows, cfg)
-        metrics = _flat_metrics(comparison)
-        _write_report(tmp, cfg, comparison, metrics, base_rows, tuned_rows, tracker)
+        specs = metric_specs(cfg)
+        decision = gate(specs, *compare(base_rows, tuned_rows, cfg))
+        metrics = _write_report(tmp, cfg, specs, decision, base_rows, tuned_rows, tracker)
         write_manifest(tmp, kind="report", config=cfg.to_dict(),
                        inputs={"model": str(model), "adapter": str(adapter), "conditions": str(conditions)},
                        counts={"conditions": len(conds), "samples": len(base_rows)},
-                       hash_files=["report.json"], extra={"fingerprint": fp})
+                       hash_files=["report.json"])
     tracker.log_artifact(report, "report")
-    return StageResult(metrics=metrics, summary={"html": str(report / "report.html"), "markdown": str(report / "summary.md"),
-                                                 **comparison["gate"]})
+    return StageResult(metrics=metrics, summary={"html": str(report / "report.html"), "markdown": str(report / "report.md"),
+                                                 **decision.to_dict()})
 
 
-def _flat_metrics(comparison: dict) -> dict[str, float]:
-    metrics = {}
-    for model in ("base", "tuned"):
-        metrics.update({f"eval/{model}_{k}": float(v) for k, v in comparison[model].items()})
-    metrics["eval/penetration_ratio"] = float(comparison["penetration_ratio"])
-    metrics["eval/win_rate"] = float(comparison["win_rate"])
-    metrics["eval/gate_passed"] = float(comparison["gate"]["passed"])
-    return metrics
-
-
-def _write_report(out: Path, cfg, comparison, metrics, base_rows, tuned_rows, tracker: Tracker) -> None:
+def _write_report(out: Path, cfg, specs: list[MetricSpec], decision: Gate, base_rows, tuned_rows,
+                  tracker: Tracker) -> dict[str, float]:
     from genalign.evaluation.report import (
-        before_after_table, histogram_figure, html_report, markdown_report, paired_scatter_figure,
-        render_gallery, save_figure,
+        histogram_figure,
+        paired_scatter_figure,
+        render_gallery,
+        save_figure,
     )
     from genalign.models.part_codec import PartParams
 
-    base, tuned = comparison["base"], comparison["tuned"]
-    table_rows = [(k, base[k], tuned[k]) for k in base]
-    lower = {"penetration_mean": True, "penetration_max": True, "penetrating_share": True, "chamfer": True,
-             "volume_iou": False, "volume_ratio": False, "part_count_match": False}
-    table = before_after_table(table_rows, lower_is_better=lower)
-    gate = comparison["gate"]
-    verdict = (
-        f"penetration ratio tuned/base {comparison['penetration_ratio']:.2f}, win rate {comparison['win_rate']:.2f}; "
-        f"gate {'PASSED' if gate['passed'] else 'FAILED'} (penetration down: {gate['penetration_down']}, "
-        f"guard held: {gate['guard_held']})"
-    )
-    atomic_write_text(out / "table.txt", table + "\n" + verdict + "\n")
     figures = {
         "penetration_hist.png": histogram_figure(
             [r["penetration"] for r in base_rows], [r["penetration"] for r in tuned_rows],
@@ -172,13 +164,8 @@ def _write_report(out: Path, cfg, comparison, metrics, base_rows, tuned_rows, tr
     render_gallery(objects, labels, out / "gallery.png", columns=4)
     images = {"penetration": "penetration_hist.png", "paired": "penetration_paired.png",
               "guard": "volume_iou_hist.png", "gallery (base | tuned)": "gallery.png"}
-    notes = [verdict, f"{len(base_rows)} held-out samples, seeds shared by base and tuned"]
-    title = "part-dpo evaluation: base vs tuned on held-out conditions"
-    atomic_write_text(out / "report.md", markdown_report(title, table_rows, images, notes, lower_is_better=lower))
-    # for the Kubeflow UI's Markdown viewer, which cannot follow relative image links
-    atomic_write_text(out / "summary.md", markdown_report(title, table_rows, {}, notes, lower_is_better=lower))
-    atomic_write_text(out / "report.html", html_report(title, table_rows, images, notes, root=out, lower_is_better=lower))
-    atomic_write_json(out / "report.json", {
-        "metrics": metrics, "comparison": comparison, "config": cfg.to_dict(),
-        "samples": {"base": base_rows, "tuned": tuned_rows},
-    })
+    return write_report(
+        out, title="part-dpo evaluation: base vs tuned on held-out conditions", specs=specs, gate=decision,
+        images=images, notes=[f"{len(base_rows)} held-out samples, seeds shared by base and tuned"],
+        data={"config": cfg.to_dict(), "samples": {"base": base_rows, "tuned": tuned_rows}},
+    )

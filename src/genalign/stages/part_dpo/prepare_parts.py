@@ -18,7 +18,6 @@ from pathlib import Path
 from genalign.config.part_dpo import PreparePartsConfig
 from genalign.records import Condition, write_jsonl
 from genalign.stages import StageResult
-from genalign.stages.common import completed, fingerprint
 from genalign.storage import atomic_dir, atomic_write_json, config_hash, write_manifest
 from genalign.tracking import Tracker
 
@@ -49,9 +48,6 @@ def _write_conditions(objects, out: Path, cfg: PreparePartsConfig, split: str) -
     from genalign.data.parts import object_to_dict
     from genalign.render.parts_image import render_object, save_png
 
-    fp = fingerprint(cfg, {}) + split
-    if completed(out, "conditions", fp):
-        return len(objects)
     rows = []
     with atomic_dir(out) as tmp:
         for obj in objects:
@@ -66,7 +62,7 @@ def _write_conditions(objects, out: Path, cfg: PreparePartsConfig, split: str) -
         write_jsonl(tmp / "conditions.jsonl", rows)
         write_manifest(
             tmp, kind="conditions", config=cfg.to_dict(), counts={"conditions": len(rows)},
-            hash_files=["conditions.jsonl"], extra={"fingerprint": fp, "split": split},
+            hash_files=["conditions.jsonl"], extra={"split": split},
         )
     return len(rows)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from genalign.config.part_dpo import RolloutPartsConfig
 from genalign.records import Condition, Sample, read_jsonl, write_jsonl
 from genalign.stages import StageResult
-from genalign.stages.common import completed, fingerprint, link_or_copy, load_generator
+from genalign.stages.common import link_or_copy, load_generator
 from genalign.storage import atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
 
@@ -77,10 +77,6 @@ def run(
         raise ValueError(f"shard {shard} is outside 0..{num_shards - 1}")
     all_conditions = load_conditions(conditions)
     mine = all_conditions[shard::num_shards]
-    fp = fingerprint(cfg, {"conditions": conditions, "model": model}) + f"-{shard}/{num_shards}"
-    if completed(samples, "samples", fp):
-        n = len(read_jsonl(samples / "samples.jsonl", Sample))
-        return StageResult(metrics={"rollout/samples": float(n), "rollout/resumed": 1.0}, summary={"samples": n})
 
     rows: list[Sample] = []
     failed = 0
@@ -118,7 +114,7 @@ def run(
         write_manifest(
             tmp, kind="samples", config=cfg.to_dict(), inputs={"conditions": str(conditions), "model": str(model)},
             counts={"conditions": len(mine), "samples": len(rows), "failed": failed},
-            hash_files=["samples.jsonl"], extra={"fingerprint": fp, "shard": shard, "num_shards": num_shards},
+            hash_files=["samples.jsonl"], extra={"shard": shard, "num_shards": num_shards},
         )
     metrics = {"rollout/conditions": float(len(mine)), "rollout/samples": float(len(rows)), "rollout/failed": float(failed)}
     return StageResult(metrics=metrics, summary={"samples": len(rows), "failed": failed})

@@ -12,10 +12,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from genalign.artifacts import fingerprint
 from genalign.config.flow_dpo import FlowDPOConfig
 from genalign.records import Pair, ScoredSample, read_jsonl
 from genalign.stages import StageResult
-from genalign.stages.common import completed, fingerprint
 from genalign.storage import atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
 
@@ -40,16 +40,14 @@ def pair_files(pairs_dir: Path) -> list[dict[str, Path]]:
 
 
 def run(cfg: FlowDPOConfig, *, model: Path, pairs: Path, adapter: Path, tracker: Tracker) -> StageResult:
-    import json
 
     from genalign.models.part_codec import MAX_PARTS
     from genalign.models.refs import cache_dir
     from genalign.trainers.flow_dpo import load_pair_tensors, train_flow_dpo
 
-    fp = fingerprint(cfg, {"model": model, "pairs": pairs})
-    if completed(adapter, "adapter", fp):
-        metrics = json.loads((adapter / "genalign.json").read_text())["metrics"]
-        return StageResult(metrics={f"train/{k}": float(v) for k, v in metrics.items()}, summary=metrics)
+    # Checkpoints of an interrupted run live under the inputs' fingerprint: a re-run
+    # with the same config and inputs resumes from them.
+    fp = fingerprint("train-flow-dpo", cfg.to_dict(), {}, {"model": model, "pairs": pairs})
     tensors = load_pair_tensors(pair_files(pairs), max_parts=MAX_PARTS)
     work = cache_dir() / "train" / fp
     metrics = train_flow_dpo(
@@ -62,7 +60,7 @@ def run(cfg: FlowDPOConfig, *, model: Path, pairs: Path, adapter: Path, tracker:
                 (shutil.copytree if path.is_dir() else shutil.copy2)(path, tmp / path.name)
         write_manifest(
             tmp, kind="adapter", config=cfg.to_dict(), inputs={"model": str(model), "pairs": str(pairs)},
-            counts={"pairs": len(tensors.part_mask)}, extra={"fingerprint": fp},
+            counts={"pairs": len(tensors.part_mask)},
         )
     shutil.rmtree(work, ignore_errors=True)
     return StageResult(metrics={f"train/{k}": float(v) for k, v in metrics.items()}, summary=metrics)

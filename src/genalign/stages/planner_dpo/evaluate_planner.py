@@ -34,7 +34,6 @@ from typing import Any
 from genalign.config.planner_dpo import EvaluatePlannerConfig
 from genalign.records import Sample
 from genalign.stages import StageResult
-from genalign.stages.common import completed, fingerprint
 from genalign.stages.planner_dpo.execute_plans import execute_rows
 from genalign.stages.planner_dpo.label_plans import score_rows
 from genalign.stages.planner_dpo.prepare_planner import planner_dir, read_rows
@@ -57,7 +56,8 @@ def label_of(iteration: int) -> str:
 def plan_rows(questions: list[dict], model_dir: Path, dataset: Path, cfg: EvaluatePlannerConfig,
               work: Path) -> tuple[list[dict], list[Any], dict[str, int]]:
     """Sample, execute, score and answer: the per-plan rows, the scored samples, counts."""
-    from genalign.generators.planner import PlannerSampler, planner_prompt
+    from genalign.data.planner_prompt import planner_prompt
+    from genalign.generators.planner import PlannerSampler
     from genalign.models.vlm import load_vlm
 
     model, processor = load_vlm(model_dir)
@@ -130,11 +130,6 @@ def run(cfg: EvaluatePlannerConfig, *, model: Path, eval_dataset: Path, history:
     if history is not None:
         read_manifest(history, "report")
         previous = json.loads((history / "report.json").read_text())["history"]
-    fp = fingerprint(cfg, {k: v for k, v in {"model": model, "eval_dataset": eval_dataset, "history": history,
-                                             "pairs": pairs, "adapter": adapter}.items() if v is not None})
-    if completed(report, "report", fp + str(iteration)):
-        data = json.loads((report / "report.json").read_text())
-        return StageResult(metrics=data["metrics"], summary={"reused": True})
     questions = read_rows(eval_dataset)
     start = time.perf_counter()
     with atomic_dir(report) as tmp:
@@ -165,7 +160,7 @@ def run(cfg: EvaluatePlannerConfig, *, model: Path, eval_dataset: Path, history:
                                                            {q["id"]: q for q in questions}))
         write_manifest(tmp, kind="report", config=cfg.to_dict(), counts=counts, hash_files=["report.json", "rows.jsonl"],
                        inputs={"model": str(model), "eval_dataset": str(eval_dataset)},
-                       extra={"fingerprint": fp + str(iteration), "iteration": iteration})
+                       extra={"iteration": iteration})
     print(table)
     tracker.log_metrics(metrics, step=iteration + 1)
     return StageResult(metrics=metrics, summary={"html": str(report / "report.html"),

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from genalign.artifacts import link_or_copy
 from genalign.config.planner_dpo import ExecutePlansConfig
 from genalign.records import Sample, read_jsonl, write_jsonl
 from genalign.stages import StageResult
-from genalign.stages.common import completed, fingerprint, link_or_copy
 from genalign.stages.planner_dpo.prepare_planner import read_rows
 from genalign.storage import atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
@@ -89,9 +89,6 @@ def execute_rows(rows: list[Sample], by_id: dict[str, dict], dataset: Path, cfg:
 def run(cfg: ExecutePlansConfig, *, samples: Path, dataset: Path, executed: Path, tracker: Tracker) -> StageResult:
     read_manifest(samples, "samples")
     rows = read_jsonl(samples / "samples.jsonl", Sample)
-    fp = fingerprint(cfg, {"samples": samples, "dataset": dataset})
-    if completed(executed, "executed", fp):
-        return StageResult(metrics={}, summary={"reused": True})
     by_id = {r["id"]: r for r in read_rows(dataset)}
     start = time.perf_counter()
     with atomic_dir(executed) as tmp:
@@ -104,7 +101,7 @@ def run(cfg: ExecutePlansConfig, *, samples: Path, dataset: Path, executed: Path
         seconds = time.perf_counter() - start
         write_manifest(tmp, kind="executed", config=cfg.to_dict(), counts=counts, hash_files=["samples.jsonl"],
                        inputs={"samples": str(samples), "dataset": str(dataset)},
-                       extra={"fingerprint": fp, "seconds": seconds})
+                       extra={"seconds": seconds})
     metrics = {f"execute/{k}": float(v) for k, v in counts.items()}
     metrics["execute/seconds"] = seconds
     return StageResult(metrics=metrics, summary=counts)

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from genalign.artifacts import link_or_copy
 from genalign.config.planner_dpo import CriticConfig, LabelPlansConfig
 from genalign.records import Sample, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import StageResult
-from genalign.stages.common import completed, fingerprint, link_or_copy
 from genalign.stages.planner_dpo.execute_plans import scene_of
 from genalign.stages.planner_dpo.prepare_planner import read_rows
 from genalign.storage import atomic_dir, read_manifest, write_manifest
@@ -85,9 +85,6 @@ def _judge(rows, by_id, dataset, files_root, cfg: CriticConfig) -> list[tuple[fl
 def run(cfg: LabelPlansConfig, *, executed: Path, dataset: Path, scored: Path, tracker: Tracker) -> StageResult:
     read_manifest(executed, "executed")
     rows = read_jsonl(executed / "samples.jsonl", Sample)
-    fp = fingerprint(cfg, {"executed": executed, "dataset": dataset})
-    if completed(scored, "scored", fp):
-        return StageResult(metrics={}, summary={"reused": True})
     by_id = {r["id"]: r for r in read_rows(dataset)}
     start = time.perf_counter()
     out, counts = score_rows(rows, by_id, dataset, executed, cfg.critic)
@@ -99,7 +96,7 @@ def run(cfg: LabelPlansConfig, *, executed: Path, dataset: Path, scored: Path, t
         write_jsonl(tmp / "scored.jsonl", out)
         write_manifest(tmp, kind="scored", config=cfg.to_dict(), counts=counts, hash_files=["scored.jsonl"],
                        inputs={"executed": str(executed), "dataset": str(dataset)},
-                       extra={"fingerprint": fp, "seconds": seconds})
+                       extra={"seconds": seconds})
     values = [s.score for s in out if s.score is not None]
     metrics = {f"label/{k}": float(v) for k, v in counts.items()}
     metrics.update({"label/score_mean": sum(values) / len(values) if values else 0.0, "label/seconds": seconds})

@@ -25,9 +25,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from genalign.artifacts import link_or_copy
 from genalign.config.planner_dpo import PreparePlannerConfig
 from genalign.stages import StageResult
-from genalign.stages.common import completed, fingerprint, link_or_copy
 from genalign.storage import (
     atomic_dir,
     atomic_write_json,
@@ -71,20 +71,16 @@ def planner_dir(model: Path) -> Path:
 
 def run(cfg: PreparePlannerConfig, *, dataset: Path, eval_dataset: Path, model: Path,
         tracker: Tracker) -> StageResult:
-    fp = fingerprint(cfg, {})
-    counts: dict[str, int] = {}
-    if not (completed(dataset, "dataset", fp) and completed(eval_dataset, "dataset", fp)):
-        counts = _write_datasets(cfg, dataset, eval_dataset, fp)
-    else:
-        counts = json.loads((dataset / "manifest.json").read_text())["counts"]
+    # The warm start's cache key (and, for its data, this config's hash) as it always was.
+    fp = config_hash({"config": cfg.to_dict(), "inputs": {}})
+    counts = _write_datasets(cfg, dataset, eval_dataset, fp)
     metrics = {f"data/{k}": float(v) for k, v in counts.items()}
-    if not completed(model, "model", fp):
-        if cfg.warm_start is None:
-            with atomic_dir(model) as tmp:
-                atomic_write_json(tmp / "genalign.json", {"kind": "ref", "ref": cfg.base_model})
-                write_manifest(tmp, kind="model", config=cfg.to_dict(), extra={"ref": cfg.base_model, "fingerprint": fp})
-        else:
-            metrics.update(_warm_started(cfg, dataset, model, fp, tracker))
+    if cfg.warm_start is None:
+        with atomic_dir(model) as tmp:
+            atomic_write_json(tmp / "genalign.json", {"kind": "ref", "ref": cfg.base_model})
+            write_manifest(tmp, kind="model", config=cfg.to_dict(), extra={"ref": cfg.base_model})
+    else:
+        metrics.update(_warm_started(cfg, dataset, model, fp, tracker))
     return StageResult(metrics=metrics, summary=counts)
 
 
@@ -103,7 +99,7 @@ def _write(out: Path, rows: list[dict], cfg: PreparePlannerConfig, fp: str, spli
                 link_or_copy((sources or {}).get(rel, copy_from / rel), tmp / rel)
         atomic_write_text(tmp / ROWS, "".join(json.dumps(r) + "\n" for r in rows))
         write_manifest(tmp, kind="dataset", config=cfg.to_dict(), counts=counts, hash_files=[ROWS],
-                       extra={"fingerprint": fp, "split": split})
+                       extra={"split": split})
 
 
 def _synthetic(cfg: PreparePlannerConfig, dataset: Path, eval_dataset: Path, fp: str) -> dict[str, int]:
@@ -171,5 +167,5 @@ def _warm_started(cfg: PreparePlannerConfig, dataset: Path, out: Path, fp: str, 
     metrics = json.loads((cached / "genalign.json").read_text())["metrics"]
     with atomic_dir(out) as tmp:
         shutil.copytree(cached, tmp, dirs_exist_ok=True)
-        write_manifest(tmp, kind="model", config=cfg.to_dict(), extra={"cache_key": key, "fingerprint": fp})
+        write_manifest(tmp, kind="model", config=cfg.to_dict(), extra={"cache_key": key})
     return {k: float(v) for k, v in metrics.items()}

@@ -16,10 +16,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from genalign.artifacts import link_or_copy
 from genalign.config.planner_dpo import RolloutPlannerConfig
 from genalign.records import Sample, write_jsonl
 from genalign.stages import StageResult
-from genalign.stages.common import completed, fingerprint, link_or_copy
 from genalign.stages.planner_dpo.prepare_planner import planner_dir, read_rows
 from genalign.stages.planner_dpo.shard_planner import read_shard
 from genalign.storage import atomic_dir, write_manifest
@@ -28,14 +28,12 @@ from genalign.tracking import Tracker
 
 def run(cfg: RolloutPlannerConfig, *, dataset: Path, shards: Path, model: Path, samples: Path,
         iteration: int, subshard: int, num_subshards: int, tracker: Tracker) -> StageResult:
-    from genalign.generators.planner import PlannerSampler, planner_prompt
+    from genalign.data.planner_prompt import planner_prompt
+    from genalign.generators.planner import PlannerSampler
     from genalign.models.vlm import load_vlm
 
     if not 0 <= subshard < num_subshards:
         raise ValueError(f"subshard {subshard}: expected 0 <= subshard < num_subshards ({num_subshards})")
-    fp = fingerprint(cfg, {"dataset": dataset, "shards": shards, "model": model}) + f":{iteration}:{subshard}/{num_subshards}"
-    if completed(samples, "samples", fp):
-        return StageResult(metrics={}, summary={"reused": True})
     wanted = read_shard(shards, iteration)[subshard::num_subshards]
     by_id = {r["id"]: r for r in read_rows(dataset)}
     missing = [i for i in wanted if i not in by_id]
@@ -64,6 +62,6 @@ def run(cfg: RolloutPlannerConfig, *, dataset: Path, shards: Path, model: Path, 
         counts = {"questions": len(rows), "samples": len(out_rows)}
         write_manifest(tmp, kind="samples", config=cfg.to_dict(), counts=counts, hash_files=["samples.jsonl"],
                        inputs={"dataset": str(dataset), "shards": str(shards), "model": str(model)},
-                       extra={"fingerprint": fp, "iteration": iteration, "seconds": seconds})
+                       extra={"iteration": iteration, "seconds": seconds})
     return StageResult(metrics={"rollout/questions": float(len(rows)), "rollout/samples": float(len(out_rows)),
                                 "rollout/seconds": seconds}, summary=counts)

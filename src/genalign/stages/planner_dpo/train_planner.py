@@ -23,7 +23,6 @@ from pathlib import Path
 from genalign.config.planner_dpo import TrainPlannerConfig
 from genalign.records import Pair, read_jsonl
 from genalign.stages import StageResult
-from genalign.stages.common import completed, fingerprint
 from genalign.stages.planner_dpo.prepare_planner import planner_dir
 from genalign.storage import atomic_dir, atomic_write_json, read_manifest, write_manifest
 from genalign.tracking import Tracker
@@ -35,10 +34,6 @@ def run(cfg: TrainPlannerConfig, *, model: Path, pairs: Path, adapter: Path, mer
     from genalign.trainers.lm_dpo import launch_lm_dpo, merge_adapter
 
     pairs_manifest = read_manifest(pairs, "pairs")
-    fp = fingerprint(cfg, {"model": model, "pairs": pairs})
-    if completed(adapter, "adapter", fp) and completed(merged, "model", fp):
-        meta = json.loads((adapter / "genalign.json").read_text())
-        return StageResult(metrics=meta["metrics"], summary={"reused": True})
     rows = read_jsonl(pairs / "pairs.jsonl", Pair)
     kept, weak = weight_weak_pairs(planner_pairs(rows), cfg.dpo.weak_pair_weight, cfg.dpo.seed)
     base = planner_dir(model)
@@ -66,11 +61,10 @@ def run(cfg: TrainPlannerConfig, *, model: Path, pairs: Path, adapter: Path, mer
             for f in work.iterdir():
                 shutil.move(str(f), tmp / f.name)
             write_manifest(tmp, kind="adapter", config=cfg.to_dict(), inputs={"model": str(model), "pairs": str(pairs)},
-                           counts={"pairs": len(kept)}, extra={"fingerprint": fp})
+                           counts={"pairs": len(kept)})
         tracker.log_artifact(adapter, "adapter")  # every iteration's adapter, in its stage run
         merge_adapter(base, adapter, merged)
-    write_manifest(merged, kind="model", config=cfg.to_dict(), inputs={"model": str(model), "adapter": str(adapter)},
-                   extra={"fingerprint": fp})
+    write_manifest(merged, kind="model", config=cfg.to_dict(), inputs={"model": str(model), "adapter": str(adapter)})
     return StageResult(metrics=metrics, summary={"pairs": len(kept), "iterations": iterations})
 
 

@@ -14,7 +14,6 @@ from genalign.config.pairs import AccumulatePairsConfig
 from genalign.pairs import accumulate
 from genalign.records import Pair, ScoredSample, read_jsonl
 from genalign.stages import StageResult
-from genalign.stages.common import completed, fingerprint
 from genalign.stages.shared.mine_pairs import copy_samples, pair_file_names, write_pair_files
 from genalign.storage import atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
@@ -23,7 +22,6 @@ from genalign.tracking import Tracker
 def run(cfg: AccumulatePairsConfig, *, pairs: Path, previous: Path | None, accumulated: Path,
         tracker: Tracker) -> StageResult:
     sources = [p for p in (previous, pairs) if p is not None]
-    fp = fingerprint(cfg, {"sources": sources})
     sets, samples = [], {}
     for directory in sources:
         read_manifest(directory, "pairs")
@@ -38,11 +36,9 @@ def run(cfg: AccumulatePairsConfig, *, pairs: Path, previous: Path | None, accum
     for p in merged:
         by_iteration[str(p.iteration)] = by_iteration.get(str(p.iteration), 0) + 1
     counts = {"pairs": len(merged), "weak": sum(p.weak for p in merged), "by_iteration": by_iteration}
-    if not completed(accumulated, "pairs", fp):
-        with atomic_dir(accumulated) as tmp:
-            write_pair_files(tmp, merged, copy_samples(merged, samples, tmp))
-            write_manifest(tmp, kind="pairs", config=cfg.to_dict(), counts=counts, hash_files=pair_file_names(tmp),
-                           inputs={"pairs": str(pairs), "previous": str(previous) if previous else ""},
-                           extra={"fingerprint": fp})
+    with atomic_dir(accumulated) as tmp:
+        write_pair_files(tmp, merged, copy_samples(merged, samples, tmp))
+        write_manifest(tmp, kind="pairs", config=cfg.to_dict(), counts=counts, hash_files=pair_file_names(tmp),
+                       inputs={"pairs": str(pairs), "previous": str(previous) if previous else ""})
     metrics = {"accumulate/pairs": float(len(merged)), "accumulate/weak": float(counts["weak"])}
     return StageResult(metrics=metrics, summary=counts)

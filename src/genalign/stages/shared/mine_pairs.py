@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from genalign.artifacts import link_or_copy
 from genalign.config.pairs import MinePairsConfig
 from genalign.pairs import MiningResult, mine_pairs, summarize
 from genalign.records import Pair, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import StageResult
-from genalign.stages.common import completed, fingerprint, link_or_copy
 from genalign.storage import atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
 
@@ -80,16 +80,10 @@ def pair_file_names(out: Path) -> list[str]:
 def run(cfg: MinePairsConfig, *, scored: list[Path], pairs: Path, tracker: Tracker) -> StageResult:
     if not scored:
         raise ValueError("pairs: no scored artifacts given")
-    fp = fingerprint(cfg, {"scored": scored})
     shards: list[tuple[Path, list[ScoredSample]]] = []
     for directory in scored:
         read_manifest(directory, "scored")
         shards.append((directory, read_jsonl(directory / "scored.jsonl", ScoredSample)))
-    if completed(pairs, "pairs", fp):
-        import json
-
-        counts = json.loads((pairs / "manifest.json").read_text())["counts"]
-        return StageResult(metrics={f"pairs/{k}": float(v) for k, v in counts.items()}, summary=counts)
 
     all_pairs, counts, empty_shards = [], {}, 0
     source: dict[str, tuple[Path, ScoredSample]] = {}
@@ -119,7 +113,7 @@ def run(cfg: MinePairsConfig, *, scored: list[Path], pairs: Path, tracker: Track
         stats = summarize(MiningResult(pairs=all_pairs, counts=counts))
         write_manifest(
             tmp, kind="pairs", config=cfg.to_dict(), inputs={"scored": [str(d) for d in scored]},
-            counts=counts, hash_files=pair_file_names(tmp), extra={"fingerprint": fp, "gap": stats["gap"], "scores": score_stats(shards)},
+            counts=counts, hash_files=pair_file_names(tmp), extra={"gap": stats["gap"], "scores": score_stats(shards)},
         )
     metrics = {f"pairs/{k}": float(v) for k, v in counts.items()}
     metrics.update({f"pairs/gap_{k}": float(v) for k, v in (stats["gap"] or {}).items()})

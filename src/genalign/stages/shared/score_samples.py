@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from genalign.artifacts import link_or_copy
 from genalign.config.score import ScoreSamplesConfig
 from genalign.records import Sample, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import StageResult
-from genalign.stages.common import completed, fingerprint, link_or_copy
 from genalign.storage import MANIFEST, atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
 
@@ -25,10 +25,6 @@ def run(cfg: ScoreSamplesConfig, *, samples: Path, scored: Path, tracker: Tracke
 
     read_manifest(samples, "samples")
     rows = read_jsonl(samples / "samples.jsonl", Sample)
-    fp = fingerprint(cfg, {"samples": samples})
-    if completed(scored, "scored", fp):
-        out_rows = read_jsonl(scored / "scored.jsonl", ScoredSample)
-        return StageResult(metrics=_metrics(out_rows) | {"score/resumed": 1.0}, summary={"samples": len(out_rows)})
 
     scorer = get_scorer(cfg.scorer, cfg.scorer_config())
     ok = [r for r in rows if r.status == "ok"]
@@ -53,7 +49,7 @@ def run(cfg: ScoreSamplesConfig, *, samples: Path, scored: Path, tracker: Tracke
         write_manifest(
             tmp, kind="scored", config=cfg.to_dict(), inputs={"samples": str(samples)},
             counts={"samples": len(out_rows), "failed": int(metrics["score/failed"])},
-            hash_files=["scored.jsonl"], extra={"fingerprint": fp, "scorer": scorer.name},
+            hash_files=["scored.jsonl"], extra={"scorer": scorer.name},
         )
     tracker.log_metrics(metrics)
     return StageResult(metrics=metrics, summary={"samples": len(out_rows)})
@@ -61,7 +57,7 @@ def run(cfg: ScoreSamplesConfig, *, samples: Path, scored: Path, tracker: Tracke
 
 def _metrics(rows: list[ScoredSample]) -> dict[str, float]:
     valid = [r.score for r in rows if r.valid]
-    detail_sum = lambda key: float(sum(r.detail.get(key, 0) for r in rows if r.valid))  # noqa: E731
+    detail_sum = lambda key: float(sum(r.detail.get(key, 0) for r in rows if r.valid))
     return {
         "score/samples": float(len(rows)),
         "score/failed": float(len(rows) - len(valid)),

@@ -1,0 +1,92 @@
+"""What a pipeline declaration is made of: stages, preset scalars, resume points.
+
+Torch-free and kfp-free, so listing stages, loading a preset or checking a cluster
+profile imports nothing heavy. `genalign.config.pipelines` holds one declaration per
+pipeline and the one list every consumer reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+from genalign.config.base import Config
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage: `run(cfg, *, <inputs>, <outputs>, <params>, tracker)` in `module`.
+
+    `name` is the stage's one name: the CLI's, the MLflow child run's and the cluster
+    profile's key; the KFP component is `component` (the same words in snake case, whose
+    task KFP names `name`), the config class `<Name>Config`.
+    """
+
+    name: str
+    module: str  # genalign.stages.<package>.<module>, holding run()
+    config: str  # "<module>:<Class>", imported only when the config is needed
+    inputs: dict[str, str]  # input name -> artifact kind (genalign.artifacts.KINDS)
+    outputs: dict[str, str]  # output name -> artifact kind
+    params: tuple[str, ...] = ()  # integer parameters of run(): shard, iteration, ...
+    fan_in: tuple[str, ...] = ()  # inputs that take a list of artifacts
+    optional: tuple[str, ...] = ()  # inputs that may be left out (None)
+    help: str = ""
+
+    @property
+    def component(self) -> str:
+        return self.name.replace("-", "_")
+
+    def config_class(self) -> type[Config]:
+        module, _, cls = self.config.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scalar:
+    """A top-level pipeline parameter beside the stage sections."""
+
+    type: type
+    default: Any
+    help: str
+    minimum: int | None = None  # for int scalars
+
+
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """Outputs of a finished stage that a resumed run imports instead of recomputing.
+
+    `offset` is relative to the iteration resumed at (-1: the iteration before); None for
+    stages that run once. An `optional` point is imported when the earlier run finished
+    it, and run again otherwise."""
+
+    stage: str
+    outputs: tuple[str, ...]
+    offset: int | None = None
+    optional: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    """One pipeline: its stages by preset section, its scalars, shape, resume and report."""
+
+    name: str
+    description: str
+    factory: str  # "pipelines.<module>:make_<name>(profile, **structure)"
+    sections: dict[str, Stage]  # preset section -> the stage whose config it is
+    scalars: dict[str, Scalar]
+    report: str  # the stage whose `report` output is the run's result
+    register: str  # the stage whose `registration` output names the registered version
+    iterations: tuple[str, str] | None = None  # (section, field): on-policy rounds, unrolled at compile time
+    resume: tuple[Resume, ...] = ()
+
+    @property
+    def stages(self) -> dict[str, Stage]:
+        return {s.name: s for s in self.sections.values()}
+
+    def structure(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        """What the compiled shape depends on: the number of iterations, if it has any."""
+        if self.iterations is None:
+            return {}
+        section, key = self.iterations
+        return {"iterations": int(arguments[section][key])}
