@@ -13,7 +13,7 @@ import torch
 from genalign.config.judge import JudgeConfig
 from genalign.models.tiny_qwen_vl import build_tiny_qwen2_vl
 from genalign.models.vlm import chat_inputs
-from genalign.scorers.base import get_scorer
+from genalign.scorers import get_scorer
 from genalign.scorers.mllm_judge import JudgeSample, MLLMJudge, prompt_text, to_image
 
 pytestmark = pytest.mark.integration

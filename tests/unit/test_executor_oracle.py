@@ -10,15 +10,15 @@ import pytest
 
 from genalign.config.base import ConfigError
 from genalign.config.planner_world import ExecutorConfig, OracleConfig
-from genalign.data.spatial_scenes import make_scene
-from genalign.executors import EXECUTORS, ExecutionResult, get_executor, render_view
-from genalign.executors.render_view import (
+from genalign.data.scene_views import (
     InstructionError,
-    RenderViewExecutor,
     instruction_for,
     instruction_vocabulary,
     parse_instruction,
 )
+from genalign.data.spatial_scenes import make_scene
+from genalign.executors import EXECUTORS, ExecutionResult, get_executor, render_view
+from genalign.executors.render_view import RenderViewExecutor
 from genalign.generators.plan_format import Plan, format_plan
 from genalign.render.scenes import VIEWS
 from genalign.scorers.scene_oracle import SceneOracle

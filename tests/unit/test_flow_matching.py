@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from genalign.config.part_dit import FlowMatchingConfig, PartDiTConfig
-from genalign.generators.parts import PartGenerator, build_tiny_generator, generator_from_ref
+from genalign.generators.parts import PartGenerator, generator_from_ref
 from genalign.models.part_dit import PartDiT
+from genalign.models.part_generator import build_tiny_generator
 from genalign.models.vision import VisionEncoder
 from genalign.storage import ArtifactError, atomic_write_json
 from genalign.tracking import NullTracker

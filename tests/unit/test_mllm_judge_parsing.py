@@ -9,7 +9,7 @@ import pytest
 
 from genalign.config.base import ConfigError
 from genalign.config.judge import JudgeConfig
-from genalign.scorers.base import SCORERS
+from genalign.scorers import SCORERS
 from genalign.scorers.mllm_judge import (
     ExplicitParseError,
     JudgeSample,

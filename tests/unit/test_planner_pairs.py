@@ -21,7 +21,7 @@ from genalign.data.planner_pairs import (
     write_qwen_json,
     write_trl_jsonl,
 )
-from genalign.generators.planner import planner_prompt
+from genalign.data.planner_prompt import planner_prompt
 from genalign.records import Pair, Sample
 
 CHOSEN = (

@@ -13,6 +13,7 @@ from genalign.config.base import ConfigError
 from genalign.config.planner_world import QUESTION_TYPES, SpatialDataConfig
 from genalign.data import spatial_scenes
 from genalign.data.mmsi import MMSIError, load_mmsi
+from genalign.data.scene_views import instruction_vocabulary, parse_instruction
 from genalign.data.spatial_scenes import (
     SceneError,
     SpatialScene,
@@ -20,7 +21,6 @@ from genalign.data.spatial_scenes import (
     make_scene,
     make_spatial_samples,
 )
-from genalign.executors.render_view import instruction_vocabulary, parse_instruction
 from genalign.render.parts_image import _camera_rays
 from genalign.render.scenes import (
     DIRECTIONS,

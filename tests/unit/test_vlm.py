@@ -7,12 +7,8 @@ import pytest
 
 from genalign.config.base import ConfigError
 from genalign.config.planner import PlannerSamplingConfig
-from genalign.generators.planner import (
-    MissingImageError,
-    load_images,
-    planner_prompt,
-    rollout_seed,
-)
+from genalign.data.planner_prompt import planner_prompt
+from genalign.generators.planner import MissingImageError, load_images, rollout_seed
 from genalign.models.tiny_qwen_vl import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenizer
 from genalign.models.vlm import FAMILIES, VLMConfigError, model_type, processor_class
 

@@ -5,7 +5,7 @@ plan texts and the scene images (paths relative to an image root). `planner_pair
 them from the generic `genalign.records.Pair` rows: from each pair's `extra` (`prompt`,
 `chosen_text`, `rejected_text`, `images`) where present, else from the samples (the plan
 text is a sample's `output`) and the dataset rows (`images`, and the prompt
-`genalign.generators.planner.planner_prompt(row)`), looked up by sample id and `cond_id`.
+`genalign.data.planner_prompt.planner_prompt(row)`), looked up by sample id and `cond_id`.
 A pair that still lacks a text or has an empty one is an error naming the pair id.
 
 trl's DPO format (`write_trl_jsonl` / `read_trl_jsonl`, `trl_dataset`), one JSON object a
@@ -52,6 +52,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genalign.data.planner_prompt import planner_prompt
 from genalign.records import Pair, Sample, ScoredSample
 from genalign.storage import atomic_write_text
 
@@ -112,8 +113,6 @@ def planner_pairs(
     `cond_id`; either may be a mapping or an iterable. Raises PlannerPairError naming the
     pair for anything missing.
     """
-    from genalign.generators.planner import planner_prompt
-
     by_sample = _index(samples, "sample_id")
     by_row = _index(rows, "id")
     out = []

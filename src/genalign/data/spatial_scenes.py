@@ -26,12 +26,12 @@ and 'above'); back, back-low, left, left-low, right, right-low, top and front-hi
 vocabulary (13 views and a zoom in and out on each object) reveals 15%; the
 question-aware choice (behind: back, left_of: left, right_of: right, above: top) 100%.
 
-Every draw is checked with the scene oracle's rule (`genalign.scorers.scene_oracle`)
-over every view of the vocabulary, with a margin (it must hold for thresholds well below
-and above the defaults), and redrawn until it matches its design. The four options are
-the answer, one or two other objects of the scene that do not stand in the relation,
-and names of absent objects; blockers and canopies are never options (they stand near
-the relation).
+Every draw is checked with the scene oracle's rule (`genalign.data.scene_views`, which
+`genalign.scorers.scene_oracle` scores with) over every view of the vocabulary, with a
+margin (it must hold for thresholds well below and above the defaults), and redrawn
+until it matches its design. The four options are the answer, one or two other objects
+of the scene that do not stand in the relation, and names of absent objects; blockers
+and canopies are never options (they stand near the relation).
 
     >>> from genalign.data.spatial_scenes import make_spatial_samples
     >>> rows = make_spatial_samples(100, seed=0, out_dir=Path("data"))  # writes scenes/, images/
@@ -52,6 +52,12 @@ from typing import Any
 import numpy as np
 
 from genalign.config.planner_world import QUESTION_TYPES, OracleConfig, SpatialDataConfig
+from genalign.data.scene_views import (
+    decide,
+    instruction_vocabulary,
+    parse_instruction,
+    view_evidence,
+)
 from genalign.render.parts_image import save_png
 from genalign.render.scenes import (
     COLORS,
@@ -408,10 +414,6 @@ _STRICT = OracleConfig(
 
 
 def _matches_design(scene: SpatialScene) -> bool:
-    # Imported here: the oracle module imports this one for SpatialScene.
-    from genalign.executors.render_view import instruction_vocabulary, parse_instruction
-    from genalign.scorers.scene_oracle import decide, view_evidence
-
     for instruction in instruction_vocabulary(scene.object_names):
         view = parse_instruction(instruction)
         ev = view_evidence(scene, view, _STRICT.resolution)

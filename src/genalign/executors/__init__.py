@@ -3,7 +3,8 @@
 Every executor has one call, `execute(scene, instruction) -> ExecutionResult`, and never
 raises for one bad instruction: an instruction it cannot carry out comes back with
 status "failed" and the reason, one that takes too long with status "timeout", and the
-caller counts them. Look one up by name in the explicit table `EXECUTORS`:
+caller counts them (the protocol and the result type are in `genalign.executors.base`,
+which the executor modules import). Look one up by name in the explicit table `EXECUTORS`:
 
     >>> from genalign.executors import get_executor
     >>> ex = get_executor("render-view", {"image_size": 56})
@@ -20,45 +21,13 @@ against it.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple, Protocol
-
-import numpy as np
+from typing import Any, NamedTuple
 
 from genalign.config.base import Config, ConfigError
 from genalign.config.diffusers_edit import DiffusersEditConfig
 from genalign.config.planner_world import ExecutorConfig
-
-
-@dataclasses.dataclass(frozen=True, eq=False)  # eq would compare image arrays
-class ExecutionResult:
-    """The outcome of one instruction. `image` is set exactly when `status` is "ok"."""
-
-    status: Literal["ok", "failed", "timeout"]
-    image: np.ndarray | None = None  # uint8 [H, W, 3]
-    error: str | None = None
-    view: str | None = None  # the view key the instruction parsed to (render-view)
-    elapsed_s: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.status not in ("ok", "failed", "timeout"):
-            raise ValueError(f"ExecutionResult: unknown status {self.status!r}")
-        if (self.status == "ok") != (self.image is not None):
-            raise ValueError(
-                f"ExecutionResult: status {self.status!r} with image "
-                f"{'set' if self.image is not None else 'None'}"
-            )
-        if self.status != "ok" and not self.error:
-            raise ValueError(f"ExecutionResult: status {self.status!r} needs an error message")
-
-
-class Executor(Protocol):
-    """What the execute stage needs from an executor."""
-
-    name: str
-
-    def execute(self, scene: Any, instruction: str) -> ExecutionResult: ...
+from genalign.executors.base import ExecutionResult, Executor
 
 
 def _render_view(cfg: ExecutorConfig) -> Executor:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from genalign.config.diffusers_edit import DiffusersEditConfig
-from genalign.executors import ExecutionResult
+from genalign.executors.base import ExecutionResult
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline

@@ -1,15 +1,10 @@
 """The tiny preset's executor: render the synthetic scene from the viewpoint an instruction names.
 
-The instruction vocabulary (what the planner's warm-start data uses and this executor
-understands; case, surrounding whitespace and a final full stop are ignored):
-
-    view from the {front|back|left|right|top}
-    view from the {front|back|left|right} at a {high|low} angle
-    zoom {in|out} on the <object name>          e.g. "zoom in on the red cube"
-
-Each parses to a view key of `genalign.render.scenes` ("back", "left-high",
-"zoom-in:red cube"). Anything else, or a zoom on an object the scene does not hold,
-is a failed execution with the reason; a render slower than `timeout_s` is a timeout.
+The instruction vocabulary ("view from the back", "view from the left at a high angle",
+"zoom in on the red cube") is defined in `genalign.data.scene_views`; each instruction
+parses to a view key of `genalign.render.scenes`. Anything outside it, or a zoom on an
+object the scene does not hold, is a failed execution with the reason; a render slower
+than `timeout_s` is a timeout.
 
     >>> from genalign.config.planner_world import ExecutorConfig
     >>> from genalign.executors.render_view import RenderViewExecutor
@@ -19,76 +14,17 @@ is a failed execution with the reason; a render slower than `timeout_s` is a tim
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from genalign.config.planner_world import ExecutorConfig
-from genalign.executors import ExecutionResult
-from genalign.render.scenes import DIRECTIONS, render_scene, view_camera
+from genalign.data.scene_views import InstructionError, parse_instruction
+from genalign.executors.base import ExecutionResult
+from genalign.render.scenes import render_scene, view_camera
 
 if TYPE_CHECKING:
     from genalign.data.spatial_scenes import SpatialScene
-
-_VIEW_RE = re.compile(r"view from the (front|back|left|right|top)")
-_ANGLE_RE = re.compile(r"view from the (front|back|left|right) at a (high|low) angle")
-_ZOOM_RE = re.compile(r"zoom (in|out) on the ([a-z]+ [a-z]+)")
-FORMS = (
-    "view from the {front|back|left|right|top}",
-    "view from the {front|back|left|right} at a {high|low} angle",
-    "zoom {in|out} on the <object name>",
-)
-
-
-class InstructionError(ValueError):
-    """An instruction outside the vocabulary, or naming an object the scene lacks."""
-
-
-def _normalise(text: str) -> str:
-    text = " ".join(text.strip().lower().split())
-    return text[:-1].rstrip() if text.endswith(".") else text
-
-
-def parse_instruction(text: str, object_names: Iterable[str] | None = None) -> str:
-    """The view key of an instruction. Raises InstructionError with the reason.
-
-    With `object_names`, a zoom must name one of them.
-    """
-    norm = _normalise(text)
-    if m := _VIEW_RE.fullmatch(norm):
-        return m.group(1)
-    if m := _ANGLE_RE.fullmatch(norm):
-        return f"{m.group(1)}-{m.group(2)}"
-    if m := _ZOOM_RE.fullmatch(norm):
-        zoom, name = m.groups()
-        if object_names is not None and name not in set(object_names):
-            raise InstructionError(
-                f"instruction {text!r}: the scene has no {name!r}; its "
-                f"objects are {sorted(object_names)}"
-            )
-        return f"zoom-{zoom}:{name}"
-    raise InstructionError(
-        f"instruction {text!r} is not in the vocabulary; expected one of {list(FORMS)}"
-    )
-
-
-def instruction_for(view: str) -> str:
-    """The canonical instruction of a view key (the inverse of `parse_instruction`)."""
-    if view.startswith("zoom-"):
-        zoom, _, name = view[len("zoom-") :].partition(":")
-        return f"zoom {zoom} on the {name}"
-    direction, _, angle = view.partition("-")
-    return f"view from the {direction}" + (f" at a {angle} angle" if angle else "")
-
-
-def instruction_vocabulary(object_names: Iterable[str]) -> list[str]:
-    """Every instruction the executor understands for a scene with these objects, in order."""
-    views = [f"view from the {d}" for d in (*DIRECTIONS, "top")]
-    angles = [f"view from the {d} at a {a} angle" for d in DIRECTIONS for a in ("high", "low")]
-    zooms = [f"zoom {z} on the {name}" for name in object_names for z in ("in", "out")]
-    return views + angles + zooms
 
 
 class RenderViewExecutor:

@@ -7,6 +7,7 @@ A generator directory holds
     dit/            PartDiT.save_pretrained
     vision/         a Dinov2Model + preprocessor_config.json (genalign.models.vision)
 
+(`genalign.models.part_generator.build_tiny_generator` writes a random-init one.)
 `generator_from_ref` opens such a directory, or a PartCrafter checkpoint (see
 `genalign.generators.partcrafter`), behind one interface: `encode_images`, `sample`,
 `decode`.
@@ -28,27 +29,12 @@ from torch import Tensor
 
 from genalign.config.part_dit import PartDiTConfig
 from genalign.models.part_dit import PartDiT
-from genalign.models.vision import VisionEncoder, build_tiny_vision
-from genalign.storage import ArtifactError, atomic_write_json
+from genalign.models.part_generator import KIND, META_NAME
+from genalign.models.vision import VisionEncoder
+from genalign.storage import ArtifactError
 
 if TYPE_CHECKING:
     import trimesh
-
-META_NAME = "genalign.json"
-KIND = "part-generator"
-
-
-def build_tiny_generator(out: Path, seed: int = 0, *, image_size: int = 32) -> Path:
-    """Write a random-init generator directory (tiny DINOv2 + default PartDiTConfig)."""
-    out = Path(out)
-    build_tiny_vision(out / "vision", seed=seed, image_size=image_size)
-    cond_dim = VisionEncoder.from_pretrained(out / "vision").hidden_size
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        dit = PartDiT(PartDiTConfig(cond_dim=cond_dim))
-    dit.save_pretrained(out / "dit")
-    atomic_write_json(out / META_NAME, {"kind": KIND, "dit": "dit", "vision": "vision"})
-    return out
 
 
 def read_meta(model_dir: Path) -> dict:

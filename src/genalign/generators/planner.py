@@ -7,10 +7,11 @@
     plans = sampler.sample(rows, root=dataset_dir)  # plans[i][j]: rollout j of rows[i]
 
 A row is a spatial-QA sample ({id, images, question, options, ...}); its images are read
-from `root / path`. The prompt (`planner_prompt`) shows the images, the question and its
-options, and asks for `<thinking>...</thinking><instructions><instruction>...</instruction>
-...</instructions>`. Returned texts are the raw generations (cut at the end-of-turn token);
-`genalign.generators.plan_format.parse_plan` checks their format.
+from `root / path`. The prompt (`genalign.data.planner_prompt`) shows the images, the
+question and its options, and asks for `<thinking>...</thinking><instructions>
+<instruction>...</instruction>...</instructions>`. Returned texts are the raw
+generations (cut at the end-of-turn token); `genalign.generators.plan_format.parse_plan`
+checks their format.
 
 Determinism: rollout j of row `id` samples with its own torch.Generator, seeded from
 (seed, id, j). The rollouts of one row share the prompt, so they are batched without
@@ -25,34 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genalign.config.planner import PlannerSamplingConfig
+from genalign.data.planner_prompt import planner_prompt
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-INSTRUCTION_EXAMPLES = (
-    "view from the left",
-    "view from the front at a high angle",
-    "zoom in on the red cube",
-)
-
 
 class MissingImageError(FileNotFoundError):
     """A dataset row names an image file that does not exist."""
-
-
-def planner_prompt(row: dict) -> str:
-    """The planner's user text for a spatial-QA row (the images come before it)."""
-    options = "\n".join(row.get("options") or [])
-    examples = "; ".join(INSTRUCTION_EXAMPLES)
-    return (
-        f"Question: {row['question']}\n"
-        + (f"Options:\n{options}\n" if options else "")
-        + "\nThe images show a scene. Ask for new images of it that would help answer the "
-        "question: another viewpoint, angle or distance. Write your reasoning in "
-        "<thinking></thinking>, then each request in <instruction></instruction> inside "
-        f"<instructions></instructions>. Requests look like: {examples}."
-    )
 
 
 def load_images(row: dict, root: Path | str | None = None) -> list[Image.Image]:

@@ -15,15 +15,11 @@ path and the real path run the same code.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Callable
 
+from genalign.config.refs import ModelRefError, parse_model_ref
 from genalign.storage import atomic_dir
-
-
-class ModelRefError(ValueError):
-    """A model reference that does not parse or does not resolve."""
 
 
 def cache_dir() -> Path:
@@ -31,7 +27,7 @@ def cache_dir() -> Path:
 
 
 def _build_tiny_part_generator(out: Path) -> None:
-    from genalign.generators.parts import build_tiny_generator
+    from genalign.models.part_generator import build_tiny_generator
 
     build_tiny_generator(out, seed=0)
 
@@ -43,46 +39,38 @@ def _build_tiny_qwen2_vl(out: Path) -> None:
 
 
 # tiny://<arch> builders: random-init models from configs, for tests and tiny presets.
+# Their names are also declared, torch-free, as genalign.config.refs.TINY_ARCHS.
 TINY_BUILDERS: dict[str, Callable[[Path], None]] = {
     "part-generator": _build_tiny_part_generator,
     "tiny-qwen2-vl": _build_tiny_qwen2_vl,
 }
 
-_MLFLOW = re.compile(r"^mlflow://models/(?P<name>[^@/]+)(?:@(?P<alias>[\w.-]+)|/(?P<version>\d+))$")
-
 
 def resolve(ref: str, *, cache: Path | None = None) -> Path:
-    """Return a local directory holding the model named by `ref`."""
+    """Return a local directory holding the model named by `ref`.
+
+    `ref` is parsed by `genalign.config.refs.parse_model_ref`, the parser config checks use.
+    """
     cache = Path(cache) if cache else cache_dir()
-    if ref.startswith("tiny://"):
-        arch = ref[len("tiny://"):]
-        if arch not in TINY_BUILDERS:
-            raise ModelRefError(f"{ref}: unknown tiny architecture; valid: {sorted(TINY_BUILDERS)}")
-        out = cache / "tiny" / arch
+    parsed = parse_model_ref(ref)
+    if parsed.scheme == "tiny":
+        out = cache / "tiny" / parsed.arch
         if not out.is_dir():
             with atomic_dir(out) as tmp:
-                TINY_BUILDERS[arch](tmp)
+                TINY_BUILDERS[parsed.arch](tmp)
         return out
-    if ref.startswith("mlflow://"):
-        m = _MLFLOW.match(ref)
-        if not m:
-            raise ModelRefError(
-                f"{ref}: expected mlflow://models/<name>@<alias> or mlflow://models/<name>/<version>"
-            )
-        return _resolve_mlflow(m["name"], m["alias"], m["version"], cache)
-    if ref.startswith("s3://"):
-        return _download(ref, cache / "s3" / ref[len("s3://"):])
-    if ref.startswith("hf://"):
-        repo, _, revision = ref[len("hf://"):].partition("@")
+    if parsed.scheme == "mlflow":
+        return _resolve_mlflow(parsed.name, parsed.alias, parsed.version, cache)
+    if parsed.scheme == "s3":
+        return _download(ref, cache / "s3" / f"{parsed.bucket}/{parsed.key}")
+    if parsed.scheme == "hf":
         try:
             from huggingface_hub import snapshot_download
 
-            return Path(snapshot_download(repo, revision=revision or None))
+            return Path(snapshot_download(parsed.repo, revision=parsed.revision))
         except Exception as e:
             raise ModelRefError(f"{ref}: could not download from the hub ({e})") from e
-    if "://" in ref:
-        raise ModelRefError(f"{ref}: unknown scheme; use a path, s3://, mlflow://, hf:// or tiny://")
-    path = Path(ref)
+    path = Path(parsed.path)
     if not path.is_dir():
         raise ModelRefError(f"{ref}: no such model directory")
     return path

@@ -11,6 +11,9 @@ at `resolution` pixels):
   looks down on the answer by at least `min_above_elevation_deg` (an eye-level view
   sees a box's top edge-on, so what lies on it is not shown).
 
+The rule itself (`view_evidence`, `decide`) is in `genalign.data.scene_views`, because
+the scene generator checks its designs with it too.
+
 A plan's score (higher is better, 0..1): each instruction gives 1 when it executed and
 its view reveals the answer, else 0 (an instruction the executor failed on or timed out
 on counts as not revealing and is counted in `detail`); `reduce` = mean takes the share
@@ -30,87 +33,24 @@ above: top) scores 1.0 (tests/unit/test_executor_oracle.py).
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from genalign.config.planner_world import OracleConfig
+from genalign.data.scene_views import (
+    InstructionError,
+    ViewEvidence,
+    decide,
+    parse_instruction,
+    view_evidence,
+)
 from genalign.data.spatial_scenes import SpatialScene
-from genalign.executors import ExecutionResult
-from genalign.executors.render_view import InstructionError, parse_instruction
+from genalign.executors.base import ExecutionResult
 from genalign.generators.plan_format import Plan, PlanFormatError, parse_plan
-from genalign.render.scenes import camera_eye, view_camera, visibility
 
 # A plan that failed to parse, and a plan with nothing to execute (DESIGN.md, scored).
 FAILED_SCORE = -1.0
 EMPTY_SCORE = 0.0
-
-
-@dataclasses.dataclass(frozen=True)
-class ViewEvidence:
-    """What a view shows of a question's answer and reference objects."""
-
-    view: str
-    answer_visible_px: int
-    answer_alone_px: int
-    reference_visible_px: int
-    reference_alone_px: int
-    elevation_deg: float  # how far below the eye's horizon the answer object's centre is
-
-    @property
-    def answer_fraction(self) -> float:
-        return self.answer_visible_px / self.answer_alone_px if self.answer_alone_px else 0.0
-
-    @property
-    def reference_fraction(self) -> float:
-        return (
-            self.reference_visible_px / self.reference_alone_px if self.reference_alone_px else 0.0
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "view": self.view,
-            "answer_fraction": round(self.answer_fraction, 4),
-            "answer_visible_px": self.answer_visible_px,
-            "reference_fraction": round(self.reference_fraction, 4),
-            "elevation_deg": round(self.elevation_deg, 2),
-        }
-
-
-def view_evidence(scene: SpatialScene, view: str, resolution: int) -> ViewEvidence:
-    """Visibility of the answer and reference objects of `scene` from the view key `view`."""
-    names = scene.object_names
-    answer = names.index(scene.question.answer_object)
-    reference = names.index(scene.question.reference)
-    cam = view_camera(view, scene.objects)
-    (ans_visible, ans_alone), (ref_visible, ref_alone) = visibility(
-        scene.objects, cam, resolution, of=(answer, reference)
-    )
-    off = camera_eye(cam) - np.asarray(scene.objects[answer].center)
-    elevation = math.degrees(math.asin(off[1] / float(np.linalg.norm(off))))
-    return ViewEvidence(
-        view=view,
-        answer_visible_px=int(ans_visible),
-        answer_alone_px=int(ans_alone),
-        reference_visible_px=int(ref_visible),
-        reference_alone_px=int(ref_alone),
-        elevation_deg=elevation,
-    )
-
-
-def decide(evidence: ViewEvidence, question_type: str, cfg: OracleConfig) -> bool:
-    """Whether the view reveals the answer (the rule in the module docstring)."""
-    visible = (
-        evidence.answer_fraction >= cfg.min_visible_fraction
-        and evidence.answer_visible_px >= cfg.min_visible_pixels
-    )
-    observable = evidence.reference_fraction >= cfg.min_reference_fraction
-    if question_type == "above":
-        observable = observable and evidence.elevation_deg >= cfg.min_above_elevation_deg
-    return visible and observable
 
 
 class SceneOracle:
