@@ -63,6 +63,26 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+# --------------------------------------------------------------------- readers
+
+
+def read_conditions(directory: Path) -> list:
+    """The rows of a conditions artifact (`genalign.records.Condition`), checked."""
+    from genalign.records import Condition, read_jsonl
+
+    read_manifest(directory, CONDITIONS)
+    return read_jsonl(Path(directory) / "conditions.jsonl", Condition)
+
+
+def read_shard(shards: Path, index: int) -> list[str]:
+    """The question ids of shard `index` of a shards artifact."""
+    read_manifest(shards, SHARDS)
+    data = json.loads((Path(shards) / "shards.json").read_text())
+    if not 0 <= index < len(data["shards"]):
+        raise ArtifactError(f"{Path(shards) / 'shards.json'}: no shard {index}; it has {len(data['shards'])}")
+    return data["shards"][index]
+
+
 # ----------------------------------------------------------------------- seals
 
 
@@ -251,5 +271,6 @@ def read_model_card(directory: Path) -> ModelCard:
 
 __all__ = [
     "KINDS", "MODEL_CARD", "ArtifactError", "ModelCard", "content_digest", "fingerprint", "link_or_copy",
-    "materialise", "publish", "read_manifest", "read_model_card", "seal", "sealed_result", "write_model_card",
+    "materialise", "publish", "read_conditions", "read_manifest", "read_model_card", "read_shard", "seal",
+    "sealed_result", "write_model_card",
 ]

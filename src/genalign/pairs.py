@@ -38,10 +38,12 @@ import dataclasses
 import itertools
 import random
 import statistics
+from pathlib import Path
 from typing import Any
 
+from genalign.artifacts import link_or_copy
 from genalign.config.pairs import MinePairsConfig
-from genalign.records import Pair, ScoredSample
+from genalign.records import Pair, ScoredSample, write_jsonl
 
 CONDITION_REASONS = ("invalid_score", "too_few_samples", "ties", "no_winner", "no_loser")
 
@@ -243,3 +245,62 @@ def summarize(result: MiningResult) -> dict[str, Any]:
         ),
         "weak_fraction": (sum(p.weak for p in result.pairs) / len(gaps)) if gaps else None,
     }
+
+
+class NoPairsError(ValueError):
+    """No condition produced a pair."""
+
+
+# ------------------------------------------------------------ pairs artifacts
+# A pairs artifact is self-contained for training: `pairs.jsonl`, the rows of the
+# samples it names (`samples.jsonl`) and the files those rows name; for text policies
+# also trl's and Qwen-VL-Series-Finetune's formats.
+
+
+def with_texts(pair: Pair, chosen: ScoredSample, rejected: ScoredSample) -> Pair:
+    """A text policy's pair with trl's fields in `extra` (prompt, texts, images)."""
+    if "prompt" not in chosen.meta:
+        raise ValueError(f"sample {chosen.sample_id}: a text sample without meta.prompt cannot make a trl pair")
+    return dataclasses.replace(pair, extra={
+        "prompt": chosen.meta["prompt"], "images": list(chosen.meta.get("images", [])),
+        "chosen_text": chosen.output, "rejected_text": rejected.output,
+    })
+
+
+def copy_samples(pairs: list[Pair], source: dict[str, tuple[Path, ScoredSample]], out: Path) -> list[ScoredSample]:
+    """The sample rows the pairs name, in order of first use, with their files linked into
+    `out` from the artifact each came from (`source`: sample id -> (directory, row))."""
+    used = []
+    for sid in dict.fromkeys(s for p in pairs for s in (p.chosen, p.rejected)):
+        directory, row = source[sid]
+        used.append(row)
+        for rel in row.files.values():
+            link_or_copy(directory / rel, out / rel)
+    return used
+
+
+def write_pair_files(out: Path, pairs: list[Pair], samples: list[ScoredSample]) -> None:
+    """pairs.jsonl and samples.jsonl; for text pairs also pairs.trl.jsonl (trl's DPO rows)
+    and pairs.qwen.json (Qwen-VL-Series-Finetune's DPO format), images relative to `out`."""
+    from genalign.data.planner_pairs import planner_pairs, write_qwen_json, write_trl_jsonl
+
+    write_jsonl(out / "pairs.jsonl", pairs)
+    write_jsonl(out / "samples.jsonl", samples)
+    if pairs and all("chosen_text" in p.extra for p in pairs):
+        resolved = planner_pairs(pairs)
+        write_trl_jsonl(out / "pairs.trl.jsonl", resolved)
+        write_qwen_json(out / "pairs.qwen.json", resolved)
+
+
+def score_stats(shards: list[tuple[Path, list[ScoredSample]]]) -> dict[str, float] | None:
+    """The distribution of the valid scores the pairs were mined from (for reports)."""
+    values = [r.score for _, rows in shards for r in rows if r.score is not None]
+    if not values:
+        return None
+    return {"n": len(values), "mean": statistics.fmean(values), "median": statistics.median(values),
+            "min": min(values), "max": max(values)}
+
+
+def pair_file_names(out: Path) -> list[str]:
+    names = ["pairs.jsonl", "samples.jsonl", "pairs.trl.jsonl", "pairs.qwen.json"]
+    return [n for n in names if (out / n).is_file()]

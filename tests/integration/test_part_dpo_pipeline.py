@@ -111,7 +111,7 @@ def test_registered_adapter_reproduces_the_evaluation(runs, tmp_path):
     from genalign.models.refs import resolve
     from genalign.models.vision import VisionEncoder
     from genalign.stages.part_dpo.evaluate_parts import measure
-    from genalign.stages.part_dpo.rollout_parts import load_conditions
+    from genalign.artifacts import read_conditions
 
     args, _, run_dir = runs
     model = one(run_dir, "prepare-parts/model")
@@ -120,7 +120,7 @@ def test_registered_adapter_reproduces_the_evaluation(runs, tmp_path):
     dit = PeftModel.from_pretrained(PartDiT.from_pretrained(model / "dit"), adapter)
     gen = PartGenerator(dit, VisionEncoder.from_pretrained(model / "vision"))
     cond_dir = one(run_dir, "prepare-parts/eval_conditions")
-    rows = measure(gen, load_conditions(cond_dir), cond_dir, EvaluatePartsConfig.from_dict(args["evaluate"]))
+    rows = measure(gen, read_conditions(cond_dir), cond_dir, EvaluatePartsConfig.from_dict(args["evaluate"]))
     report = json.loads(one(run_dir, "evaluate-parts/report/report.json").read_text())
     expected = [r["penetration"] for r in report["samples"]["tuned"]]
     assert [r["penetration"] for r in rows] == pytest.approx(expected, abs=1e-6)

@@ -10,7 +10,7 @@ import pytest
 from genalign.models.part_codec import PartParams, part_mesh, save_glb
 from genalign.records import RecordError, Sample, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import run_stage
-from genalign.stages.shared.mine_pairs import NoPairsError
+from genalign.pairs import NoPairsError
 from genalign.storage import ArtifactError, write_manifest
 
 pytestmark = pytest.mark.integration

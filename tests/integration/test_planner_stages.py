@@ -19,16 +19,17 @@ from safetensors.torch import load_file
 
 from genalign.data.mmsi import MMSIError
 from genalign.data.planner_pairs import read_qwen_json, read_trl_jsonl, trl_dataset
+from genalign.data.planner_prompt import planner_prompt
+from genalign.data.scene_views import instruction_for
 from genalign.data.spatial_scenes import load_scene
-from genalign.executors.render_view import instruction_for
 from genalign.generators.plan_format import format_plan
-from genalign.generators.planner import planner_prompt
 from genalign.models.vlm import VLMConfigError, load_vlm
 from genalign.records import Pair, Sample, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import run_stage
 from genalign.stages.common import link_or_copy
-from genalign.stages.shared.mine_pairs import NoPairsError
-from genalign.stages.planner_dpo.prepare_planner import planner_dir, read_rows
+from genalign.pairs import NoPairsError
+from genalign.data.mmsi import read_dataset
+from genalign.stages.planner_dpo.prepare_planner import planner_dir
 from genalign.storage import read_manifest, write_manifest
 
 pytestmark = pytest.mark.integration
@@ -101,7 +102,7 @@ def test_artifacts_have_manifests_of_their_kind(run):
 
 def test_prepare_writes_disjoint_datasets_and_a_warm_started_planner(run):
     d, results = run
-    train, held = read_rows(d / "dataset"), read_rows(d / "eval")
+    train, held = read_dataset(d / "dataset"), read_dataset(d / "eval")
     assert (len(train), len(held)) == (8, 4)
     assert not {r["id"] for r in train} & {r["id"] for r in held}
     for row in train + held:
@@ -116,14 +117,14 @@ def test_shards_partition_the_question_ids(run):
     d, _ = run
     shards = json.loads((d / "shards" / "shards.json").read_text())["shards"]
     flat = [i for s in shards for i in s]
-    assert len(flat) == len(set(flat)) and set(flat) == {r["id"] for r in read_rows(d / "dataset")}
+    assert len(flat) == len(set(flat)) and set(flat) == {r["id"] for r in read_dataset(d / "dataset")}
     assert sorted(len(s) for s in shards) == [4, 4]
 
 
 def test_rollout_has_k_plans_per_question_with_the_prompt(run):
     d, results = run
     shard = json.loads((d / "shards" / "shards.json").read_text())["shards"][0]
-    by_id = {r["id"]: r for r in read_rows(d / "dataset")}
+    by_id = {r["id"]: r for r in read_dataset(d / "dataset")}
     rows = read_jsonl(d / "samples0" / "samples.jsonl", Sample)
     assert results[0]["rollout"].metrics["rollout/samples"] == len(rows) == K * len(shard)
     for cond_id in shard:
@@ -260,7 +261,7 @@ def test_evaluate_refuses_an_iteration_without_history(run, tmp_path):
 
 def make_samples(directory: Path, dataset: Path, plans: dict[str, list[str]]) -> None:
     """A samples artifact of hand-written plans: {question id: [plan text, ...]}."""
-    by_id = {r["id"]: r for r in read_rows(dataset)}
+    by_id = {r["id"]: r for r in read_dataset(dataset)}
     rows = []
     for cond_id, texts in plans.items():
         row = by_id[cond_id]
@@ -289,7 +290,7 @@ def handmade(run):
     """Plans with known outcomes for four train questions: q0 mixed, q1 all malformed (a tie),
     q2 a weak pair (0.25 vs 0.0), q3 with an instruction outside the executor's vocabulary."""
     d, _ = run
-    rows = read_rows(d / "dataset")[:4]
+    rows = read_dataset(d / "dataset")[:4]
     ids = [r["id"] for r in rows]
     plans = {
         ids[0]: ["<thinking>I would look from the back.</thinking>",  # no <instructions>
@@ -471,7 +472,7 @@ def test_mmsi_rows_with_missing_images_are_left_out_and_recorded(tmp_path):
     assert read_manifest(tmp_path / "out" / "dataset", "dataset")["counts"]["skipped"] == 1
     skipped = json.loads((tmp_path / "out" / "dataset" / "skipped.json").read_text())
     assert [(s["id"], s["line"]) for s in skipped] == [("m2", 3)] and "gone.png" in skipped[0]["reason"]
-    kept = read_rows(tmp_path / "out" / "dataset") + read_rows(tmp_path / "out" / "eval")
+    kept = read_dataset(tmp_path / "out" / "dataset") + read_dataset(tmp_path / "out" / "eval")
     assert sorted(r["id"] for r in kept) == ["m0", "m1", "m3", "m4"]
     for r in kept:  # self-contained: every image inside its artifact
         assert not any(Path(rel).is_absolute() for rel in r["images"])

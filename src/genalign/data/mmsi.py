@@ -166,3 +166,23 @@ def load_mmsi(path: Path, *, image_root: Path | None = None) -> MMSIData:
             )
         )
     return MMSIData(source=path, rows=rows, skipped=skipped)
+
+
+DATASET_ROWS = "rows.jsonl"  # a dataset artifact's rows, in this module's format
+
+
+def read_dataset(dataset: Path) -> list[dict[str, Any]]:
+    """The rows of a dataset artifact, checked (`load_mmsi`), as plain dicts with image
+    paths relative to the artifact."""
+    from genalign.storage import read_manifest
+
+    read_manifest(dataset, "dataset")
+    data = load_mmsi(Path(dataset) / DATASET_ROWS)
+    if data.skipped:  # prepare leaves out rows with missing images; any now missing is damage
+        raise FileNotFoundError(f"{Path(dataset) / DATASET_ROWS}: images missing: "
+                                f"{[(s.line, s.reason) for s in data.skipped]}")
+    return [
+        {"id": r.id, "images": list(r.images), "question": r.question, "options": list(r.options),
+         "answer": r.answer, "question_type": r.question_type, "meta": dict(r.meta)}
+        for r in data.rows
+    ]

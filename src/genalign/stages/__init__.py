@@ -38,7 +38,6 @@ from genalign.config.base import ConfigError, flatten
 from genalign.config.pipelines import STAGES, Stage, get_stage
 from genalign.tracking import ERROR_TAG, ITERATION_TAG, OUTPUT_TAG, REUSED_TAG, SHARD_TAG, STAGE_TAG
 
-
 __all__ = ["STAGES", "Stage", "StageResult", "get_stage", "run_stage"]
 
 

@@ -112,10 +112,10 @@ def compare(base_rows: list[dict], tuned_rows: list[dict], cfg: EvaluatePartsCon
 
 def run(cfg: EvaluatePartsConfig, *, model: Path, adapter: Path, conditions: Path, report: Path,
         tracker: Tracker) -> StageResult:
-    from genalign.stages.part_dpo.rollout_parts import load_conditions
+    from genalign.artifacts import read_conditions
     from genalign.trainers.flow_dpo import check_adapter_base
 
-    conds = load_conditions(conditions)
+    conds = read_conditions(conditions)
     check_adapter_base(adapter, model / "dit")
 
     with atomic_dir(report) as tmp:

@@ -20,11 +20,12 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from genalign.artifacts import read_conditions
 from genalign.config.part_dpo import RolloutPartsConfig
-from genalign.records import Condition, Sample, read_jsonl, write_jsonl
+from genalign.records import Condition, Sample, write_jsonl
 from genalign.stages import StageResult
 from genalign.stages.common import link_or_copy, load_generator
-from genalign.storage import atomic_dir, read_manifest, write_manifest
+from genalign.storage import atomic_dir, write_manifest
 from genalign.tracking import Tracker
 
 
@@ -33,9 +34,6 @@ def sample_seed(base: int, cond_id: str, k: int) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-def load_conditions(directory: Path) -> list[Condition]:
-    read_manifest(directory, "conditions")
-    return read_jsonl(directory / "conditions.jsonl", Condition)
 
 
 def generate(gen, conditions: list[Condition], cond_dir: Path, *, k: int, seed: int, steps: int,
@@ -75,7 +73,7 @@ def run(
 
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard {shard} is outside 0..{num_shards - 1}")
-    all_conditions = load_conditions(conditions)
+    all_conditions = read_conditions(conditions)
     mine = all_conditions[shard::num_shards]
 
     rows: list[Sample] = []

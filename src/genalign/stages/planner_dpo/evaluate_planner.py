@@ -9,11 +9,13 @@ whether the plan's best instruction reveals the answer (scene oracle) or, with a
 critic, whether its score is at least 0.5.
 
 The report artifact is cumulative: `history` in report.json holds the base and every
-iteration so far, so the last iteration's report has them all.
+iteration so far, so the last iteration's report has them all. This model is gated
+against the base by the shared contract (genalign.evaluation.contract) over
+`metric_specs`.
 
     report/
       report.json    {iteration, history: [{label, iteration, metrics, accuracy}], metrics,
-                      comparison: {deltas, gate}}   (metrics and gate of this model vs base)
+                      comparison: {base, tuned, deltas, gate}}   (this model vs base)
       summary.json   this iteration: pairs (counts, score gaps), training, evaluation, timings
       rows.jsonl     the per-question rows of this model
       history.png    reveal share, score and accuracy (95% CI) per iteration
@@ -32,11 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from genalign.config.planner_dpo import EvaluatePlannerConfig
+from genalign.data.mmsi import read_dataset
+from genalign.evaluation.contract import MetricSpec, Section, gate, write_report
 from genalign.records import Sample
 from genalign.stages import StageResult
 from genalign.stages.planner_dpo.execute_plans import execute_rows
 from genalign.stages.planner_dpo.label_plans import score_rows
-from genalign.stages.planner_dpo.prepare_planner import planner_dir, read_rows
+from genalign.stages.planner_dpo.prepare_planner import planner_dir
 from genalign.storage import (
     atomic_dir,
     atomic_write_json,
@@ -47,6 +51,30 @@ from genalign.storage import (
 from genalign.tracking import Tracker
 
 BASE_ITERATION = -1
+# The gate allows the malformed share to grow by 5 points: a few more cut-off plans are
+# noise at a few hundred held-out questions, a format collapse is not.
+MALFORMED_TOLERANCE = 0.05
+# Shares are ratios k/n; the gate compares them with this slack so that float rounding
+# of a sum (0.3 + 0.05) cannot flip a comparison that holds exactly.
+SHARE_SLACK = 1e-9
+
+
+def metric_specs(cfg: EvaluatePlannerConfig) -> list[MetricSpec]:
+    """The metrics of `summarize_rows`, in table order, as the gate and the report read them.
+
+    The gate: the mean plan score goes up, the reveal share goes up by at least
+    `min_improvement`, and the malformed share grows by at most MALFORMED_TOLERANCE.
+    """
+    return [
+        MetricSpec("score_mean", "target", "higher", help="mean plan score, malformed plans counted at -1"),
+        MetricSpec("reveal_share", "target", "higher", min_improvement=cfg.min_improvement,
+                   help="share of plans whose best instruction reveals the answer"),
+        MetricSpec("malformed_share", "guard", "lower", tolerance=MALFORMED_TOLERANCE,
+                   help="share of plans that do not parse (the format the reward never scores)"),
+        MetricSpec("empty_share", "info", "lower", help="share of well-formed plans with no instruction"),
+        MetricSpec("instructions_mean", "info", None, help="instructions per well-formed plan"),
+        MetricSpec("accuracy", "info", "higher", help="downstream answer accuracy with the plan's images"),
+    ]
 
 
 def label_of(iteration: int) -> str:
@@ -114,12 +142,12 @@ def run(cfg: EvaluatePlannerConfig, *, model: Path, eval_dataset: Path, history:
         adapter: Path | None, report: Path, iteration: int, tracker: Tracker) -> StageResult:
     from genalign.evaluation.planner import (
         accuracy_breakdown,
-        comparison,
         iteration_figure,
         iteration_table,
-        markdown_summary,
+        iterations_markdown,
         summarize_rows,
         type_figure,
+        types_markdown,
     )
     from genalign.evaluation.report import save_figure
 
@@ -130,7 +158,7 @@ def run(cfg: EvaluatePlannerConfig, *, model: Path, eval_dataset: Path, history:
     if history is not None:
         read_manifest(history, "report")
         previous = json.loads((history / "report.json").read_text())["history"]
-    questions = read_rows(eval_dataset)
+    questions = read_dataset(eval_dataset)
     start = time.perf_counter()
     with atomic_dir(report) as tmp:
         rows, _, counts = plan_rows(questions, planner_dir(model), eval_dataset, cfg, tmp / "gallery")
@@ -139,32 +167,36 @@ def run(cfg: EvaluatePlannerConfig, *, model: Path, eval_dataset: Path, history:
                  "accuracy": accuracy_breakdown(rows), "counts": counts}
         full = [*previous, entry]
         base = next(e for e in full if e["iteration"] == BASE_ITERATION)
-        comp = comparison(base["metrics"], entry["metrics"], min_improvement=cfg.min_improvement)
-        metrics = {f"eval/{k}": float(v) for k, v in entry["metrics"].items()}
-        metrics.update({f"eval/base_{k}": float(v) for k, v in base["metrics"].items()})
-        metrics["eval/accuracy_ci_low"], metrics["eval/accuracy_ci_high"] = entry["accuracy"]["overall"]["ci95"]
+        specs = metric_specs(cfg)
+        decision = gate(specs, base["metrics"], entry["metrics"], slack=SHARE_SLACK)
         summary = _summary(iteration, entry, pairs, adapter, seconds)
         atomic_write_json(tmp / "summary.json", summary)
-        atomic_write_json(tmp / "report.json", {"iteration": iteration, "history": full, "metrics": metrics,
-                                                 "comparison": comp, "summary": summary})
         atomic_write_text(tmp / "rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         figures = {"history.png": iteration_figure(full), "types.png": type_figure(full)}
         for name, fig in figures.items():
             save_figure(fig, tmp / name)
             tracker.log_artifact(tmp / name, "plots")
-        table = iteration_table(full)
-        atomic_write_text(tmp / "table.txt", table + "\n")
-        markdown = markdown_summary(full, comp["gate"])
-        atomic_write_text(tmp / "report.md", markdown)
-        atomic_write_text(tmp / "report.html", _html(markdown, tmp, rows[: cfg.gallery], eval_dataset,
-                                                           {q["id"]: q for q in questions}))
+        sections = [Section("Iterations", markdown=iterations_markdown(full), text=iteration_table(full)),
+                    Section("Accuracy per question type", markdown=types_markdown(full))]
+        if rows[: cfg.gallery]:
+            sections.append(Section("Held-out questions: the question's image, then each instruction's view",
+                                    html=_gallery(tmp, rows[: cfg.gallery], eval_dataset, {q["id"]: q for q in questions})))
+        ci_low, ci_high = entry["accuracy"]["overall"]["ci95"]
+        metrics = write_report(
+            tmp, title=f"planner-dpo evaluation: {entry['label']} vs base on held-out questions", specs=specs,
+            gate=decision, images={"history": "history.png", "types": "types.png"}, sections=sections,
+            metrics={"eval/n": entry["metrics"]["n"], "eval/base_n": base["metrics"]["n"],
+                     "eval/accuracy_ci_low": ci_low, "eval/accuracy_ci_high": ci_high},
+            data={"iteration": iteration, "history": full, "summary": summary},
+        )
+        table = (tmp / "table.txt").read_text().rstrip("\n")
         write_manifest(tmp, kind="report", config=cfg.to_dict(), counts=counts, hash_files=["report.json", "rows.jsonl"],
                        inputs={"model": str(model), "eval_dataset": str(eval_dataset)},
                        extra={"iteration": iteration})
     print(table)
     tracker.log_metrics(metrics, step=iteration + 1)
     return StageResult(metrics=metrics, summary={"html": str(report / "report.html"),
-                                                 "markdown": str(report / "report.md"), "gate": comp["gate"]})
+                                                 "markdown": str(report / "report.md"), "gate": decision.to_dict()})
 
 
 def _summary(iteration: int, entry: dict, pairs: Path | None, adapter: Path | None, seconds: float) -> dict:
@@ -181,31 +213,24 @@ def _summary(iteration: int, entry: dict, pairs: Path | None, adapter: Path | No
     return out
 
 
-def _html(markdown: str, root: Path, rows: list[dict], dataset: Path, questions: dict[str, dict]) -> str:
-    """A standalone page: the summary (as preformatted Markdown), the plots and a gallery of
-    held-out questions with the plan's views, all images embedded."""
+def _gallery(root: Path, rows: list[dict], dataset: Path, questions: dict[str, dict]) -> str:
+    """An HTML table of held-out questions: the question's images, the plan, each view; images embedded."""
     import base64
 
     def img(path: Path, alt: str) -> str:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}" width="112">'
 
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>planner-dpo evaluation</title>",
-             "<style>body{font-family:sans-serif;margin:2em}td{vertical-align:top;padding:4px 8px}</style>",
-             "</head><body>", f"<pre>{html.escape(markdown)}</pre>"]
-    for name in ("history.png", "types.png"):
-        data = base64.b64encode((root / name).read_bytes()).decode("ascii")
-        parts.append(f'<p><img alt="{name}" src="data:image/png;base64,{data}"></p>')
-    if rows:
-        parts.append("<h2>Held-out questions: the question's image, then each instruction's view</h2><table>")
-        for r in rows:
-            cells = [img(dataset / rel, "question") for rel in questions[r["id"]]["images"]]
-            for v in r["views"]:
-                cells.append(img(root / "gallery" / v["image"], v["instruction"]) if v["image"] else html.escape(v["status"]))
-            verdict = "reveals" if r["revealed"] else ("malformed" if r["malformed"] else "does not reveal")
-            parts.append(f"<tr><td>{html.escape(r['id'])}<br>{html.escape(r['question_type'])}<br><b>{verdict}</b>"
-                         f"</td><td>{html.escape(r['plan'])}</td><td>{''.join(cells)}</td></tr>")
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    # Text cells read left-aligned, unlike the report's number tables.
+    parts = ["<style>.gallery td{vertical-align:top;text-align:left;font-family:sans-serif}</style>",
+             '<table class="gallery">']
+    for r in rows:
+        cells = [img(dataset / rel, "question") for rel in questions[r["id"]]["images"]]
+        for v in r["views"]:
+            cells.append(img(root / "gallery" / v["image"], v["instruction"]) if v["image"] else html.escape(v["status"]))
+        verdict = "reveals" if r["revealed"] else ("malformed" if r["malformed"] else "does not reveal")
+        parts.append(f"<tr><td>{html.escape(r['id'])}<br>{html.escape(r['question_type'])}<br><b>{verdict}</b>"
+                     f"</td><td>{html.escape(r['plan'])}</td><td>{''.join(cells)}</td></tr>")
+    parts.append("</table>")
+    return "\n".join(parts)
 

@@ -21,9 +21,9 @@ from typing import Any
 
 from genalign.artifacts import link_or_copy
 from genalign.config.planner_dpo import ExecutePlansConfig
+from genalign.data.mmsi import read_dataset
 from genalign.records import Sample, read_jsonl, write_jsonl
 from genalign.stages import StageResult
-from genalign.stages.planner_dpo.prepare_planner import read_rows
 from genalign.storage import atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
 
@@ -89,7 +89,7 @@ def execute_rows(rows: list[Sample], by_id: dict[str, dict], dataset: Path, cfg:
 def run(cfg: ExecutePlansConfig, *, samples: Path, dataset: Path, executed: Path, tracker: Tracker) -> StageResult:
     read_manifest(samples, "samples")
     rows = read_jsonl(samples / "samples.jsonl", Sample)
-    by_id = {r["id"]: r for r in read_rows(dataset)}
+    by_id = {r["id"]: r for r in read_dataset(dataset)}
     start = time.perf_counter()
     with atomic_dir(executed) as tmp:
         done, counts = execute_rows(rows, by_id, dataset, cfg, tmp)

@@ -23,10 +23,10 @@ from typing import Any
 
 from genalign.artifacts import link_or_copy
 from genalign.config.planner_dpo import CriticConfig, LabelPlansConfig
+from genalign.data.mmsi import read_dataset
 from genalign.records import Sample, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import StageResult
 from genalign.stages.planner_dpo.execute_plans import scene_of
-from genalign.stages.planner_dpo.prepare_planner import read_rows
 from genalign.storage import atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
 
@@ -85,7 +85,7 @@ def _judge(rows, by_id, dataset, files_root, cfg: CriticConfig) -> list[tuple[fl
 def run(cfg: LabelPlansConfig, *, executed: Path, dataset: Path, scored: Path, tracker: Tracker) -> StageResult:
     read_manifest(executed, "executed")
     rows = read_jsonl(executed / "samples.jsonl", Sample)
-    by_id = {r["id"]: r for r in read_rows(dataset)}
+    by_id = {r["id"]: r for r in read_dataset(dataset)}
     start = time.perf_counter()
     out, counts = score_rows(rows, by_id, dataset, executed, cfg.critic)
     seconds = time.perf_counter() - start

@@ -23,10 +23,10 @@ import json
 import random
 import shutil
 from pathlib import Path
-from typing import Any
 
 from genalign.artifacts import link_or_copy
 from genalign.config.planner_dpo import PreparePlannerConfig
+from genalign.data.mmsi import DATASET_ROWS, read_dataset
 from genalign.stages import StageResult
 from genalign.storage import (
     atomic_dir,
@@ -36,25 +36,6 @@ from genalign.storage import (
     write_manifest,
 )
 from genalign.tracking import Tracker
-
-ROWS = "rows.jsonl"
-
-
-def read_rows(dataset: Path) -> list[dict[str, Any]]:
-    """The rows of a dataset artifact, checked (`genalign.data.mmsi`), as plain dicts with
-    image paths relative to the artifact."""
-    from genalign.data.mmsi import load_mmsi
-    from genalign.storage import read_manifest
-
-    read_manifest(dataset, "dataset")
-    data = load_mmsi(dataset / ROWS)
-    if data.skipped:  # prepare leaves out rows with missing images; any now missing is damage
-        raise FileNotFoundError(f"{dataset / ROWS}: images missing: {[(s.line, s.reason) for s in data.skipped]}")
-    return [
-        {"id": r.id, "images": list(r.images), "question": r.question, "options": list(r.options),
-         "answer": r.answer, "question_type": r.question_type, "meta": dict(r.meta)}
-        for r in data.rows
-    ]
 
 
 def planner_dir(model: Path) -> Path:
@@ -97,8 +78,8 @@ def _write(out: Path, rows: list[dict], cfg: PreparePlannerConfig, fp: str, spli
         for row in rows:
             for rel in [*row["images"], *([row["meta"]["scene"]] if "scene" in row.get("meta", {}) else [])]:
                 link_or_copy((sources or {}).get(rel, copy_from / rel), tmp / rel)
-        atomic_write_text(tmp / ROWS, "".join(json.dumps(r) + "\n" for r in rows))
-        write_manifest(tmp, kind="dataset", config=cfg.to_dict(), counts=counts, hash_files=[ROWS],
+        atomic_write_text(tmp / DATASET_ROWS, "".join(json.dumps(r) + "\n" for r in rows))
+        write_manifest(tmp, kind="dataset", config=cfg.to_dict(), counts=counts, hash_files=[DATASET_ROWS],
                        extra={"split": split})
 
 
@@ -161,7 +142,7 @@ def _warm_started(cfg: PreparePlannerConfig, dataset: Path, out: Path, fp: str, 
     key = config_hash({"base": cfg.base_model, "warm_start": cfg.warm_start.to_dict(), "data": fp})
     cached = cache_dir() / "planner-base" / key
     if not (cached / "genalign.json").is_file():
-        rows = read_rows(dataset)
+        rows = read_dataset(dataset)
         train_planner_sft(cfg.warm_start, model_dir=resolve(cfg.base_model), examples=sft_examples(rows, cfg.warm_start),
                           image_root=dataset, out_dir=cached, tracker=tracker)
     metrics = json.loads((cached / "genalign.json").read_text())["metrics"]

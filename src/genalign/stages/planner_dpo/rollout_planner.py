@@ -16,12 +16,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from genalign.artifacts import link_or_copy
+from genalign.artifacts import link_or_copy, read_shard
 from genalign.config.planner_dpo import RolloutPlannerConfig
+from genalign.data.mmsi import read_dataset
 from genalign.records import Sample, write_jsonl
 from genalign.stages import StageResult
-from genalign.stages.planner_dpo.prepare_planner import planner_dir, read_rows
-from genalign.stages.planner_dpo.shard_planner import read_shard
+from genalign.stages.planner_dpo.prepare_planner import planner_dir
 from genalign.storage import atomic_dir, write_manifest
 from genalign.tracking import Tracker
 
@@ -35,7 +35,7 @@ def run(cfg: RolloutPlannerConfig, *, dataset: Path, shards: Path, model: Path, 
     if not 0 <= subshard < num_subshards:
         raise ValueError(f"subshard {subshard}: expected 0 <= subshard < num_subshards ({num_subshards})")
     wanted = read_shard(shards, iteration)[subshard::num_subshards]
-    by_id = {r["id"]: r for r in read_rows(dataset)}
+    by_id = {r["id"]: r for r in read_dataset(dataset)}
     missing = [i for i in wanted if i not in by_id]
     if missing:
         raise ValueError(f"{shards}: shard {iteration} names questions missing from {dataset}: {missing[:5]}")

@@ -9,18 +9,15 @@ rolls out on shard i, so each iteration sees questions no earlier iteration trai
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from genalign.config.planner_dpo import ShardPlannerConfig
+from genalign.data.mmsi import read_dataset
 from genalign.stages import StageResult
-from genalign.stages.planner_dpo.prepare_planner import read_rows
 from genalign.storage import (
-    ArtifactError,
     atomic_dir,
     atomic_write_json,
-    read_manifest,
     write_manifest,
 )
 from genalign.tracking import Tracker
@@ -34,17 +31,10 @@ def split(ids: list[str], num_shards: int, seed: int) -> list[list[str]]:
     return [order[bounds[i] : bounds[i + 1]] for i in range(num_shards)]
 
 
-def read_shard(shards: Path, index: int) -> list[str]:
-    """The question ids of shard `index` of a shards artifact."""
-    read_manifest(shards, "shards")
-    data = json.loads((shards / "shards.json").read_text())
-    if not 0 <= index < len(data["shards"]):
-        raise ArtifactError(f"{shards / 'shards.json'}: no shard {index}; it has {len(data['shards'])}")
-    return data["shards"][index]
 
 
 def run(cfg: ShardPlannerConfig, *, dataset: Path, shards: Path, tracker: Tracker) -> StageResult:
-    ids = [r["id"] for r in read_rows(dataset)]
+    ids = [r["id"] for r in read_dataset(dataset)]
     if len(ids) < cfg.num_shards:
         raise ValueError(f"{dataset}: {len(ids)} question(s) cannot fill {cfg.num_shards} shards")
     parts = split(ids, cfg.num_shards, cfg.seed)

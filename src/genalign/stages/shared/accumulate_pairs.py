@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from genalign.config.pairs import AccumulatePairsConfig
-from genalign.pairs import accumulate
+from genalign.pairs import accumulate, copy_samples, pair_file_names, write_pair_files
 from genalign.records import Pair, ScoredSample, read_jsonl
 from genalign.stages import StageResult
-from genalign.stages.shared.mine_pairs import copy_samples, pair_file_names, write_pair_files
 from genalign.storage import atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
 

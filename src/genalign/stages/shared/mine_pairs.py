@@ -1,4 +1,4 @@
-"""pairs: win/loss pairs from one or more scored shards.
+"""mine-pairs: win/loss pairs from one or more scored shards.
 
 The pairs artifact is self-contained for training: `pairs.jsonl`, the rows of the
 samples it names (`samples.jsonl`, with their scores) and the files those rows name
@@ -11,70 +11,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genalign.artifacts import link_or_copy
 from genalign.config.pairs import MinePairsConfig
-from genalign.pairs import MiningResult, mine_pairs, summarize
-from genalign.records import Pair, ScoredSample, read_jsonl, write_jsonl
+from genalign.pairs import (
+    MiningResult,
+    NoPairsError,
+    copy_samples,
+    mine_pairs,
+    pair_file_names,
+    score_stats,
+    summarize,
+    with_texts,
+    write_pair_files,
+)
+from genalign.records import ScoredSample, read_jsonl
 from genalign.stages import StageResult
 from genalign.storage import atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
-
-
-class NoPairsError(ValueError):
-    """No condition produced a pair."""
-
-
-def with_texts(pair: Pair, chosen: ScoredSample, rejected: ScoredSample) -> Pair:
-    """A text policy's pair with trl's fields in `extra` (prompt, texts, images)."""
-    import dataclasses
-
-    if "prompt" not in chosen.meta:
-        raise ValueError(f"sample {chosen.sample_id}: a text sample without meta.prompt cannot make a trl pair")
-    return dataclasses.replace(pair, extra={
-        "prompt": chosen.meta["prompt"], "images": list(chosen.meta.get("images", [])),
-        "chosen_text": chosen.output, "rejected_text": rejected.output,
-    })
-
-
-def copy_samples(pairs: list[Pair], source: dict[str, tuple[Path, ScoredSample]], out: Path) -> list[ScoredSample]:
-    """The sample rows the pairs name, in order of first use, with their files linked into
-    `out` from the artifact each came from (`source`: sample id -> (directory, row))."""
-    used = []
-    for sid in dict.fromkeys(s for p in pairs for s in (p.chosen, p.rejected)):
-        directory, row = source[sid]
-        used.append(row)
-        for rel in row.files.values():
-            link_or_copy(directory / rel, out / rel)
-    return used
-
-
-def write_pair_files(out: Path, pairs: list[Pair], samples: list[ScoredSample]) -> None:
-    """pairs.jsonl and samples.jsonl; for text pairs also pairs.trl.jsonl (trl's DPO rows)
-    and pairs.qwen.json (Qwen-VL-Series-Finetune's DPO format), images relative to `out`."""
-    from genalign.data.planner_pairs import planner_pairs, write_qwen_json, write_trl_jsonl
-
-    write_jsonl(out / "pairs.jsonl", pairs)
-    write_jsonl(out / "samples.jsonl", samples)
-    if pairs and all("chosen_text" in p.extra for p in pairs):
-        resolved = planner_pairs(pairs)
-        write_trl_jsonl(out / "pairs.trl.jsonl", resolved)
-        write_qwen_json(out / "pairs.qwen.json", resolved)
-
-
-def score_stats(shards: list[tuple[Path, list[ScoredSample]]]) -> dict[str, float] | None:
-    """The distribution of the valid scores the pairs were mined from (for reports)."""
-    import statistics
-
-    values = [r.score for _, rows in shards for r in rows if r.score is not None]
-    if not values:
-        return None
-    return {"n": len(values), "mean": statistics.fmean(values), "median": statistics.median(values),
-            "min": min(values), "max": max(values)}
-
-
-def pair_file_names(out: Path) -> list[str]:
-    names = ["pairs.jsonl", "samples.jsonl", "pairs.trl.jsonl", "pairs.qwen.json"]
-    return [n for n in names if (out / n).is_file()]
 
 
 def run(cfg: MinePairsConfig, *, scored: list[Path], pairs: Path, tracker: Tracker) -> StageResult:
