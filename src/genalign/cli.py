@@ -55,8 +55,7 @@ def _pairs(items: list[str], flag: str) -> dict[str, list[str]]:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    import yaml
-
+    from genalign.config.base import load_yaml
     from genalign.config.presets import apply_overrides
     from genalign.stages import get_stage, run_stage, stage_help
 
@@ -75,9 +74,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
         path = Path(args.config)
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
-        config = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(config, dict):
-            raise ConfigError(f"{path}: expected a mapping")
+        config = load_yaml(path)
     apply_overrides(config, args.set)
     ins = _pairs(args.inputs, "--in")
     inputs = {k: (v if k in spec.fan_in else v[-1]) for k, v in ins.items()}

@@ -7,11 +7,13 @@ run it (4 steps, guidance 1.0, 512 px, bf16 on a GPU).
 
 from __future__ import annotations
 
+import math
 import string
 from dataclasses import dataclass
 from typing import Literal
 
 from genalign.config.base import Config, field
+from genalign.config.refs import check_model_ref
 
 PROMPT_FIELDS = ("instruction", "question")
 
@@ -62,18 +64,17 @@ class DiffusersEditConfig(Config):
     )
 
     def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("model must be a model reference, got ''")
+        check_model_ref(self.model, where="model")
         if not self.pipeline.isidentifier():
             raise ValueError(f"pipeline must be a class name, got {self.pipeline!r}")
         if not 1 <= self.steps <= 1000:
             raise ValueError(f"steps must be in [1, 1000], got {self.steps}")
-        if not self.guidance_scale >= 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be >= 0 and finite, got {self.guidance_scale}")
         if not 16 <= self.size <= 2048 or self.size % 16:
             raise ValueError(f"size must be a multiple of 16 in [16, 2048], got {self.size}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ValueError(f"timeout_s must be > 0 and finite, got {self.timeout_s}")
         try:
             names = [name for _, name, _, _ in string.Formatter().parse(self.prompt_template)]
         except ValueError as e:

@@ -1,16 +1,24 @@
 """Config of the flow-matching DPO trainer (`genalign.trainers.flow_dpo`).
 
 One frozen dataclass; every default names its source. The loss name is looked up in
-`genalign.losses` by the trainer before any work (this module imports no torch, so it
-cannot read that table itself).
+`genalign.losses.PREFERENCE_LOSSES` by the trainer; this module imports no torch, so it
+declares the valid names itself (`PREFERENCE_LOSSES` below, kept equal to the table's keys
+by a unit test) and a bad name fails when the config loads.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
-from genalign.config.base import Config, field
+from genalign.config.base import Config, check_range, field
+
+# The keys of genalign.losses.PREFERENCE_LOSSES.
+PREFERENCE_LOSSES = ("diffusion_dpo", "dspo_sd15", "dspo_sdxl", "dro", "dro_linear")
+# The losses with extra inputs in genalign.losses.PREFERENCE_LOSS_EXTRA_INPUTS: they need
+# the live reference prediction at every step, so precompute_reference cannot serve them.
+LIVE_REFERENCE_LOSSES = ("dspo_sd15", "dspo_sdxl")
 
 # Fields that may change between a run and its resumption: they decide how long to
 # train and what to log, not what a step computes.
@@ -25,7 +33,7 @@ class FlowDPOConfig(Config):
     # Diffusion-DPO (Wallace et al. 2023) is the method this trainer reproduces.
     loss: str = field(
         "diffusion_dpo",
-        help="Preference loss, a name in genalign.losses' table (e.g. diffusion_dpo).",
+        help=f"Preference loss, a name in genalign.losses' table: {', '.join(PREFERENCE_LOSSES)}.",
     )
     # Convention of genalign.losses.diffusion_dpo_loss: -log sigmoid(-beta * gap) with
     # per-sample MEAN squared errors. Diffusion-DPO's SD1.5 run used beta_dpo = 5000 in
@@ -124,18 +132,32 @@ class FlowDPOConfig(Config):
             "keep_checkpoints": self.keep_checkpoints,
         }
         for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        if not self.loss:
-            raise ValueError("loss must name a preference loss, got an empty string")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be > 0 and finite, got {value}")
+        if self.loss not in PREFERENCE_LOSSES:
+            raise ValueError(
+                f"loss: {self.loss!r} is not a preference loss; "
+                f"valid names: {list(PREFERENCE_LOSSES)}"
+            )
+        if self.loss in LIVE_REFERENCE_LOSSES and self.precompute_reference:
+            raise ValueError(
+                f"loss {self.loss!r} needs the reference prediction at every step; "
+                "expected precompute_reference=false"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.sft_weight < 0:
-            raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ValueError(f"max_grad_norm must be > 0 or null, got {self.max_grad_norm}")
+        check_range("logit_mean", self.logit_mean)
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
+        if not (math.isfinite(self.sft_weight) and self.sft_weight >= 0):
+            raise ValueError(f"sft_weight must be >= 0 and finite, got {self.sft_weight}")
+        if self.max_grad_norm is not None and not (
+            math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0
+        ):
+            raise ValueError(
+                "max_grad_norm must be > 0 and finite, or null (no clipping), "
+                f"got {self.max_grad_norm}"
+            )
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or null, got {self.max_steps}")
         if self.checkpoint_every < 0:

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from typing import Literal
 
-from genalign.config.base import Config, field
+from genalign.config.base import Config, check_range, field
 
 STRATEGIES = ("best_vs_worst", "threshold")
 
@@ -92,6 +92,9 @@ class MinePairsConfig(Config):
             raise ValueError(f"min_gap: expected a finite number >= 0, got {self.min_gap!r}")
         if self.match_key is not None and not self.match_key:
             raise ValueError("match_key: expected a non-empty key name or null")
+        if self.similar_key is not None and not self.similar_key:
+            raise ValueError("similar_key: expected a non-empty key name or null")
+        check_range("similar_tolerance", self.similar_tolerance, ge=0)
         if self.strategy == "threshold":
             if self.tau_good is None or self.tau_bad is None:
                 raise ValueError("strategy 'threshold' needs both tau_good and tau_bad")

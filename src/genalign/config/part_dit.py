@@ -9,6 +9,7 @@ part objects in a few CPU minutes. PartCrafter (Lin et al. 2025, github wgsxm/Pa
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 from genalign.config.base import Config, field
@@ -48,8 +49,8 @@ class PartDiTConfig(Config):
             "mlp_ratio": self.mlp_ratio,
         }
         for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be > 0 and finite, got {value}")
         if self.hidden % self.heads:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         if self.depth < 2:
@@ -108,10 +109,10 @@ class FlowMatchingConfig(Config):
             "log_every": self.log_every,
         }
         for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be > 0 and finite, got {value}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0 and finite, got {self.weight_decay}")
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(
                 f"warmup_steps must be in [0, steps={self.steps}), got {self.warmup_steps}"

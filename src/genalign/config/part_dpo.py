@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from genalign.config.base import Config, field
-from genalign.config.part_dit import FlowMatchingConfig
+
+from genalign.config.base import Config, check_range, field
+from genalign.config.part_dit import FlowMatchingConfig, PartDiTConfig
+from genalign.config.refs import check_model_ref
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,12 @@ class PretrainPartsConfig(Config):
     depth: int = field(4, help="DiT blocks, alternating within-part and across-part attention")
     heads: int = field(4, help="attention heads")
     training: FlowMatchingConfig = field(default_factory=FlowMatchingConfig, help="the flow-matching recipe")
+
+    def __post_init__(self) -> None:
+        check_range("objects", self.objects, ge=1)
+        # The DiT's own rules (hidden divisible by heads, depth >= 2), checked before the
+        # pretraining data is made rather than when the model is built.
+        PartDiTConfig(hidden=self.hidden, depth=self.depth, heads=self.heads)
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,8 @@ class PreparePartsConfig(Config):
     def __post_init__(self) -> None:
         if self.train_conditions < 1 or self.eval_conditions < 1:
             raise ValueError("train_conditions and eval_conditions must be >= 1")
+        check_range("image_size", self.image_size, ge=1)
+        check_model_ref(self.base_model, where="base_model", extra=("pretrain",))
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,10 @@ class RolloutPartsConfig(Config):
             raise ValueError("samples_per_condition must be >= 2 to form pairs")
         if self.steps < 1:
             raise ValueError("steps must be >= 1")
+        # g = 0 samples unconditionally, g = 1 without guidance (generators/parts.py).
+        check_range("guidance", self.guidance, ge=0)
+        check_range("batch_size", self.batch_size, ge=1)
+        check_range("iteration", self.iteration, ge=0)
 
 
 @dataclass(frozen=True)
@@ -69,3 +83,10 @@ class EvaluatePartsConfig(Config):
     guard_tolerance: float = field(0.10, help="tuned guard metrics may be at most this much worse than base (10%)")
     voxel_resolution: int = field(32, help="grid for the volume-IoU guard")
     gallery: int = field(8, help="objects shown base-vs-tuned in the gallery PNG")
+
+    def __post_init__(self) -> None:
+        for name in ("samples_per_condition", "steps", "batch_size", "voxel_resolution"):
+            check_range(name, getattr(self, name), ge=1)
+        for name in ("guidance", "threshold", "guard_tolerance"):
+            check_range(name, getattr(self, name), ge=0)
+        check_range("gallery", self.gallery, ge=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from genalign.config.base import Config, field
+from genalign.config.base import Config, check_range, field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,5 +72,5 @@ class PlannerSFTConfig(Config):
             )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
-        if self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ValueError("warmup_steps and weight_decay must be >= 0")
+        check_range("warmup_steps", self.warmup_steps, ge=0)
+        check_range("weight_decay", self.weight_decay, ge=0)

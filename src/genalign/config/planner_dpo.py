@@ -19,12 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from genalign.config.base import Config, field
+from genalign.config.base import Config, check_range, field
 from genalign.config.diffusers_edit import DiffusersEditConfig
 from genalign.config.judge import JudgeConfig
 from genalign.config.lm_dpo import LMDPOConfig
 from genalign.config.planner import PlannerSamplingConfig, PlannerSFTConfig
 from genalign.config.planner_world import ExecutorConfig, OracleConfig, SpatialDataConfig
+from genalign.config.refs import check_model_ref
 
 TINY_PLANNER = "tiny://tiny-qwen2-vl"
 
@@ -65,6 +66,7 @@ class PreparePlannerConfig(Config):
             raise ValueError("train_samples and eval_samples must be >= 1")
         if self.source == "mmsi" and not self.data:
             raise ValueError("source 'mmsi' needs data: the MMSI-Bench-format file")
+        check_model_ref(self.base_model, where="base_model")
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,9 @@ class CriticConfig(Config):
         TINY_PLANNER, help="Model reference of the MLLM critic (mllm-judge)."
     )
 
+    def __post_init__(self) -> None:
+        check_model_ref(self.judge_model, where="judge_model")
+
 
 @dataclass(frozen=True)
 class LabelPlansConfig(Config):
@@ -177,3 +182,5 @@ class EvaluatePlannerConfig(Config):
     def __post_init__(self) -> None:
         if self.gallery < 0:
             raise ValueError(f"gallery: expected an integer >= 0, got {self.gallery}")
+        # A difference of two reveal shares, each in [0, 1].
+        check_range("min_improvement", self.min_improvement, ge=-1, le=1)

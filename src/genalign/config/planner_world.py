@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 from genalign.config.base import Config, field
@@ -81,8 +82,8 @@ class ExecutorConfig(Config):
             raise ValueError(f"image_size must be in [16, 512], got {self.image_size}")
         if not 1 <= self.supersample <= 16:
             raise ValueError(f"supersample must be in [1, 16], got {self.supersample}")
-        if not self.timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ValueError(f"timeout_s must be > 0 and finite, got {self.timeout_s}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,8 +55,6 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
 
 def load_preset(pipeline: str, preset: str = "tiny", overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """The validated, fully explicit arguments of `pipeline` for `preset` (+ overrides)."""
-    import yaml
-
     decl = get_pipeline(pipeline)
     path = preset_path(pipeline, preset)
     if not path.is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 from genalign.config.base import Config, field
@@ -57,9 +58,9 @@ class PenetrationConfig(Config):
             raise ValueError(f"voxel_resolution must be in [8, 512], got {self.voxel_resolution}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if not self.min_volume > 0.0:
+        if not (math.isfinite(self.min_volume) and self.min_volume > 0.0):
             raise ValueError(
-                f"min_volume must be > 0 (it guards a division), got {self.min_volume}"
+                f"min_volume must be > 0 and finite (it guards a division), got {self.min_volume}"
             )
 
 
