@@ -1,5 +1,6 @@
 """Evaluation of a planner across on-policy iterations: accuracy with confidence
-intervals, plan metrics, the iteration curve, the per-type bars, and the gate.
+intervals, plan metrics, the iteration curve, the per-type bars and tables. The gate
+is the shared one (genalign.evaluation.contract) over the evaluate stage's metric specs.
 
 Each held-out question gives one row
 `{"id", "question_type", "score", "revealed", "malformed", "instructions", "correct"}`
@@ -32,12 +33,6 @@ History = Sequence[Mapping[str, Any]]
 
 # z of a two-sided 95% normal interval: Phi^-1(0.975).
 Z95 = 1.959964
-# The gate allows the malformed share to grow by 5 points: a few more cut-off plans are
-# noise at a few hundred held-out questions, a format collapse is not.
-MALFORMED_TOLERANCE = 0.05
-# Shares are ratios k/n; the gate compares them with this slack so that float rounding
-# of a sum (0.3 + 0.05) cannot flip a comparison that holds exactly.
-_EPS = 1e-9
 
 # Series of the iteration figure: metric key, legend label, colour (tab10).
 _SERIES = (
@@ -201,46 +196,6 @@ def type_figure(history: History) -> Figure:
     return fig
 
 
-def comparison(
-    base_metrics: Mapping[str, float],
-    tuned_metrics: Mapping[str, float],
-    *,
-    min_improvement: float,
-) -> dict[str, Any]:
-    """Deltas (tuned - base) of two `summarize_rows` outputs and the promotion gate.
-
-    The gate passes when all three checks hold:
-    - reveal_share: tuned reveal_share >= base reveal_share + min_improvement;
-    - score_mean: tuned score_mean > base score_mean;
-    - malformed_share: tuned malformed_share <= base malformed_share + MALFORMED_TOLERANCE.
-    `reason` names the failed checks with their numbers (all of them when it passes).
-    """
-    if set(base_metrics) != set(tuned_metrics):
-        raise ValueError(
-            f"comparison: metric keys differ: base {sorted(base_metrics)}, "
-            f"tuned {sorted(tuned_metrics)}"
-        )
-    deltas = {k: float(tuned_metrics[k]) - float(base_metrics[k]) for k in base_metrics}
-    d_reveal, d_score = deltas["reveal_share"], deltas["score_mean"]
-    d_malformed = deltas["malformed_share"]
-    checks = {
-        "reveal_share": d_reveal >= min_improvement - _EPS,
-        "score_mean": d_score > _EPS,
-        "malformed_share": d_malformed <= MALFORMED_TOLERANCE + _EPS,
-    }
-    why = {
-        "reveal_share": f"reveal_share {d_reveal:+.3f} (needs >= {min_improvement:+.3f})",
-        "score_mean": f"score_mean {d_score:+.3f} (needs > 0)",
-        "malformed_share": (
-            f"malformed_share {d_malformed:+.3f} (needs <= {MALFORMED_TOLERANCE:+.3f})"
-        ),
-    }
-    passed = all(checks.values())
-    shown = [why[k] for k, ok in checks.items() if passed or not ok]
-    reason = ("passed: " if passed else "failed: ") + "; ".join(shown)
-    return {"deltas": deltas, "gate": {"passed": passed, "checks": checks, "reason": reason}}
-
-
 _COLUMNS = ["model", "n", "score_mean", "reveal_share", "malformed_share", "accuracy [95% CI]"]
 
 
@@ -292,9 +247,13 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", align, *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def markdown_summary(history: History, gate: Mapping[str, Any]) -> str:
-    """Markdown for the Kubeflow UI: the iteration table, accuracy per question type of
-    the base vs the last entry, and the verdict of `gate` (`comparison(...)["gate"]`)."""
+def iterations_markdown(history: History) -> str:
+    """The iteration table as Markdown, and the change of the last entry vs the base."""
+    return "\n".join([*_md_table(_COLUMNS, _rows(history)), "", _change_line(history)]) + "\n"
+
+
+def types_markdown(history: History) -> str:
+    """Accuracy per question type of the base vs the last entry, as a Markdown table."""
     base, last = _base_and_last(history)
     types = sorted(set(base["accuracy"]["by_type"]) | set(last["accuracy"]["by_type"]))
 
@@ -302,13 +261,8 @@ def markdown_summary(history: History, gate: Mapping[str, Any]) -> str:
         by_type = entry["accuracy"]["by_type"]
         return f"{_acc_cell(by_type[t])} (n={by_type[t]['n']})" if t in by_type else "-"
 
-    verdict = "passed" if gate["passed"] else "failed"
-    lines = ["# Planner evaluation", "", *_md_table(_COLUMNS, _rows(history))]
-    lines += ["", _change_line(history), "", "## Accuracy per question type", ""]
-    lines += _md_table(
+    lines = _md_table(
         ["question type", str(base["label"]), str(last["label"])],
         [[t, cell(base, t), cell(last, t)] for t in types],
     )
-    lines += ["", f"## Gate: {verdict}", "", str(gate["reason"]), ""]
-    lines += [f"- {name}: {'ok' if ok else 'FAILED'}" for name, ok in gate["checks"].items()]
     return "\n".join(lines) + "\n"

@@ -1,17 +1,11 @@
-"""Presentation of an evaluation: before/after tables, plots, galleries, Markdown and HTML.
+"""Presentation of an evaluation: plots, galleries, and the cell formats and page style
+that the report writer (genalign.evaluation.contract) uses.
 
-The evaluate stage computes metrics for the base and the tuned model and hands them
-here as rows `(metric, base, tuned)`. The HTML report embeds its PNGs as base64 data
-URIs so it is one standalone file the Kubeflow UI can show.
-
-    >>> print(before_after_table([("penetration_mean", 0.021, 0.012)],
-    ...                          lower_is_better={"penetration_mean": True}))
+    >>> save_figure(histogram_figure(base, tuned, title="penetration", xlabel="score"), path)
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import math
 from collections.abc import Sequence
@@ -26,8 +20,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from genalign.models.part_codec import PartParams
-
-Row = tuple[str, float, float]
 
 # Colours of the two models in every plot (matplotlib tab10 blue and orange).
 BASE_COLOR = "#1f77b4"
@@ -49,63 +41,16 @@ def _change(base: float, tuned: float) -> str:
     return f"{100.0 * (tuned - base) / abs(base):+.0f}%"
 
 
-def _verdict(name: str, base: float, tuned: float, lower_is_better: dict[str, bool]) -> str:
-    if name not in lower_is_better or math.isnan(base) or math.isnan(tuned) or base == tuned:
-        return ""
-    improved = (tuned < base) == lower_is_better[name]
-    return "better" if improved else "worse"
+def fixed_width_table(header: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
+    """Header, a rule, then one line per row; the first column left-aligned, the rest right."""
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
 
-
-def _cells(rows: Sequence[Row], lower_is_better: dict[str, bool] | None) -> list[list[str]]:
-    lower = lower_is_better or {}
-    cells = []
-    for name, base, tuned in rows:
-        base, tuned = float(base), float(tuned)
-        change = _change(base, tuned)
-        verdict = _verdict(name, base, tuned, lower)
-        cells.append([name, _fmt(base), _fmt(tuned), f"{change} {verdict}".strip()])
-    return cells
-
-
-_HEADER = ["metric", "base", "tuned", "change"]
-
-
-def before_after_table(
-    rows: Sequence[Row], *, lower_is_better: dict[str, bool] | None = None
-) -> str:
-    """A fixed-width terminal table: metric | base | tuned | change.
-
-    `lower_is_better` maps a metric name to its direction; metrics named there get
-    "better" or "worse" after their change.
-    """
-    cells = _cells(rows, lower_is_better)
-    widths = [max(len(r[i]) for r in [_HEADER, *cells]) for i in range(4)]
-
-    def line(r: list[str]) -> str:
-        # The metric name left-aligned, numbers right-aligned.
+    def line(r: Sequence[str]) -> str:
         parts = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
         return "  ".join(parts).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(_HEADER), rule, *(line(r) for r in cells)])
-
-
-def markdown_report(
-    title: str,
-    table_rows: Sequence[Row],
-    images: dict[str, str],
-    notes: Sequence[str],
-    *,
-    lower_is_better: dict[str, bool] | None = None,
-) -> str:
-    """A Markdown summary: title, metric table, images (name -> relative PNG path), notes."""
-    lines = [f"# {title}", "", "| " + " | ".join(_HEADER) + " |", "|---|---:|---:|---:|"]
-    lines += ["| " + " | ".join(r) + " |" for r in _cells(table_rows, lower_is_better)]
-    for name, rel in images.items():
-        lines += ["", f"## {name}", "", f"![{name}]({rel})"]
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    return "\n".join(lines) + "\n"
+    return "\n".join([line(header), rule, *(line(r) for r in cells)])
 
 
 _STYLE = (
@@ -113,45 +58,6 @@ _STYLE = (
     "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px}"
     "td+td{text-align:right;font-family:monospace}img{max-width:100%}</style>"
 )
-
-
-def html_report(
-    title: str,
-    table_rows: Sequence[Row],
-    images: dict[str, str],
-    notes: Sequence[str],
-    *,
-    root: Path,
-    lower_is_better: dict[str, bool] | None = None,
-) -> str:
-    """A standalone HTML page; PNGs (paths relative to `root`) embedded as data URIs."""
-    esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in _HEADER)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
-        for r in _cells(table_rows, lower_is_better)
-    )
-    parts = [
-        "<!DOCTYPE html>",
-        '<html><head><meta charset="utf-8">',
-        f"<title>{esc(title)}</title>",
-        _STYLE,
-        "</head><body>",
-        f"<h1>{esc(title)}</h1>",
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
-    ]
-    for name, rel in images.items():
-        path = Path(root) / rel
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ValueError(f"html_report: image {name!r} at {path}: {e}") from e
-        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-        parts += [f"<h2>{esc(name)}</h2>", f'<img alt="{esc(name)}" src="{uri}">']
-    if notes:
-        parts += ["<h2>Notes</h2>", "<ul>", *(f"<li>{esc(n)}</li>" for n in notes), "</ul>"]
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
 
 
 def _new_figure(width: float, height: float) -> Figure:

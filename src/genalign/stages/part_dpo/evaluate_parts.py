@@ -21,7 +21,6 @@ from genalign.config.part_dpo import EvaluatePartsConfig
 from genalign.evaluation.contract import Gate, MetricSpec, gate, write_report
 from genalign.records import Condition
 from genalign.stages import StageResult
-from genalign.stages.common import load_generator
 from genalign.storage import atomic_dir, write_manifest
 from genalign.tracking import Tracker
 
@@ -59,9 +58,9 @@ def measure(gen, conditions: list[Condition], cond_dir: Path, cfg: EvaluateParts
     from genalign.config.score import PenetrationConfig
     from genalign.data.parts import object_from_dict
     from genalign.evaluation.geometry import guard_metrics
+    from genalign.generators.parts import generate
     from genalign.models.part_codec import decode_parts, part_mesh, save_glb
     from genalign.scorers.penetration import score_object
-    from genalign.stages.part_dpo.rollout_parts import generate
 
     results, _ = generate(
         gen, conditions, cond_dir, k=cfg.samples_per_condition, seed=cfg.seed, steps=cfg.steps,
@@ -113,6 +112,7 @@ def compare(base_rows: list[dict], tuned_rows: list[dict], cfg: EvaluatePartsCon
 def run(cfg: EvaluatePartsConfig, *, model: Path, adapter: Path, conditions: Path, report: Path,
         tracker: Tracker) -> StageResult:
     from genalign.artifacts import read_conditions
+    from genalign.generators.parts import load_generator
     from genalign.trainers.flow_dpo import check_adapter_base
 
     conds = read_conditions(conditions)

@@ -36,11 +36,11 @@ from typing import Any
 from genalign.config.planner_dpo import EvaluatePlannerConfig
 from genalign.data.mmsi import read_dataset
 from genalign.evaluation.contract import MetricSpec, Section, gate, write_report
+from genalign.executors.plans import execute_rows
+from genalign.models.refs import model_dir
 from genalign.records import Sample
+from genalign.scorers.critic import score_rows
 from genalign.stages import StageResult
-from genalign.stages.planner_dpo.execute_plans import execute_rows
-from genalign.stages.planner_dpo.label_plans import score_rows
-from genalign.stages.planner_dpo.prepare_planner import planner_dir
 from genalign.storage import (
     atomic_dir,
     atomic_write_json,
@@ -161,7 +161,7 @@ def run(cfg: EvaluatePlannerConfig, *, model: Path, eval_dataset: Path, history:
     questions = read_dataset(eval_dataset)
     start = time.perf_counter()
     with atomic_dir(report) as tmp:
-        rows, _, counts = plan_rows(questions, planner_dir(model), eval_dataset, cfg, tmp / "gallery")
+        rows, _, counts = plan_rows(questions, model_dir(model), eval_dataset, cfg, tmp / "gallery")
         seconds = time.perf_counter() - start
         entry = {"label": label_of(iteration), "iteration": iteration, "metrics": summarize_rows(rows),
                  "accuracy": accuracy_breakdown(rows), "counts": counts}
