@@ -26,10 +26,10 @@ from genalign.generators.plan_format import format_plan
 from genalign.models.vlm import VLMConfigError, load_vlm
 from genalign.records import Pair, Sample, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import run_stage
-from genalign.stages.common import link_or_copy
+from genalign.artifacts import link_or_copy
 from genalign.pairs import NoPairsError
 from genalign.data.mmsi import read_dataset
-from genalign.stages.planner_dpo.prepare_planner import planner_dir
+from genalign.models.refs import model_dir as planner_dir
 from genalign.storage import read_manifest, write_manifest
 
 pytestmark = pytest.mark.integration

@@ -19,6 +19,7 @@ With guidance g, u = u(zeros) + g * (u(cond) - u(zeros)), both halves in one bat
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ from genalign.config.part_dit import PartDiTConfig
 from genalign.models.part_dit import PartDiT
 from genalign.models.part_generator import KIND, META_NAME
 from genalign.models.vision import VisionEncoder
+from genalign.records import Condition
 from genalign.storage import ArtifactError
 
 if TYPE_CHECKING:
@@ -178,3 +180,42 @@ def generator_from_ref(model_dir: Path, adapter_dir: Path | None = None):
     raise ArtifactError(
         f"{model_dir / META_NAME}: unknown generator kind {kind!r}; valid kinds: [{KIND!r}, 'partcrafter']"
     )
+
+
+def load_generator(model: Path, adapter_dir: Path | None = None):
+    """The part generator of a model artifact (a card that is a reference is resolved
+    first), with `adapter_dir` on it if given."""
+    from genalign.models.refs import model_dir
+
+    return generator_from_ref(model_dir(model), adapter_dir=adapter_dir)
+
+
+def sample_seed(base: int, cond_id: str, k: int) -> int:
+    digest = hashlib.sha256(f"{base}:{cond_id}:{k}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def generate(gen, conditions: list[Condition], cond_dir: Path, *, k: int, seed: int, steps: int,
+             guidance: float, batch_size: int, adapter_tag: str = ""):
+    """Sample `k` latents per condition.
+
+    Returns ([(condition, k, seed, latent [P, T, D])], image features [C, N, Cdim]).
+    """
+    import numpy as np
+    from PIL import Image
+    from tqdm import tqdm
+
+    images = [np.asarray(Image.open(cond_dir / c.image).convert("RGB")) for c in conditions]
+    features = gen.encode_images(images)  # [C, N, Cdim]
+    jobs = [(i, j, sample_seed(seed, c.id, j)) for i, c in enumerate(conditions) for j in range(k)]
+    out = []
+    for start in tqdm(range(0, len(jobs), batch_size), desc=f"sampling{adapter_tag}", unit="batch", disable=None):
+        batch = jobs[start : start + batch_size]
+        latents = gen.sample(
+            features[[i for i, _, _ in batch]],
+            [int(conditions[i].meta["num_parts"]) for i, _, _ in batch],
+            [s for _, _, s in batch],
+            steps=steps, guidance=guidance,
+        )
+        out.extend((conditions[i], j, s, lat) for (i, j, s), lat in zip(batch, latents))
+    return out, features

@@ -112,3 +112,17 @@ def _download(uri: str, out: Path) -> Path:
     # download_artifacts keeps the last path component as a folder
     children = [p for p in out.iterdir()]
     return children[0] if len(children) == 1 and children[0].is_dir() else out
+
+
+def model_dir(model: Path) -> Path:
+    """The local directory of the model in a model artifact: the artifact itself, or the
+    model its card points to (`{"kind": "ref", "ref": ...}`), resolved."""
+    import json
+
+    card = Path(model) / "genalign.json"
+    if card.is_file():
+        meta = json.loads(card.read_text())
+        if meta.get("kind") == "ref":
+            return resolve(meta["ref"])
+    return Path(model)
+

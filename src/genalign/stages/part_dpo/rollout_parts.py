@@ -17,49 +17,14 @@ sample does not depend on the shard or batch it lands in.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
-from genalign.artifacts import read_conditions
+from genalign.artifacts import link_or_copy, read_conditions
 from genalign.config.part_dpo import RolloutPartsConfig
-from genalign.records import Condition, Sample, write_jsonl
+from genalign.records import Sample, write_jsonl
 from genalign.stages import StageResult
-from genalign.stages.common import link_or_copy, load_generator
 from genalign.storage import atomic_dir, write_manifest
 from genalign.tracking import Tracker
-
-
-def sample_seed(base: int, cond_id: str, k: int) -> int:
-    digest = hashlib.sha256(f"{base}:{cond_id}:{k}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-
-
-def generate(gen, conditions: list[Condition], cond_dir: Path, *, k: int, seed: int, steps: int,
-             guidance: float, batch_size: int, adapter_tag: str = ""):
-    """Sample `k` latents per condition.
-
-    Returns ([(condition, k, seed, latent [P, T, D])], image features [C, N, Cdim]).
-    """
-    import numpy as np
-    from PIL import Image
-    from tqdm import tqdm
-
-    images = [np.asarray(Image.open(cond_dir / c.image).convert("RGB")) for c in conditions]
-    features = gen.encode_images(images)  # [C, N, Cdim]
-    jobs = [(i, j, sample_seed(seed, c.id, j)) for i, c in enumerate(conditions) for j in range(k)]
-    out = []
-    for start in tqdm(range(0, len(jobs), batch_size), desc=f"sampling{adapter_tag}", unit="batch", disable=None):
-        batch = jobs[start : start + batch_size]
-        latents = gen.sample(
-            features[[i for i, _, _ in batch]],
-            [int(conditions[i].meta["num_parts"]) for i, _, _ in batch],
-            [s for _, _, s in batch],
-            steps=steps, guidance=guidance,
-        )
-        out.extend((conditions[i], j, s, lat) for (i, j, s), lat in zip(batch, latents))
-    return out, features
 
 
 def run(
@@ -69,6 +34,7 @@ def run(
     import torch
     from safetensors.torch import save_file
 
+    from genalign.generators.parts import generate, load_generator
     from genalign.models.part_codec import decode_object, save_glb
 
     if not 0 <= shard < num_shards:

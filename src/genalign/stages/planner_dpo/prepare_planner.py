@@ -38,18 +38,6 @@ from genalign.storage import (
 from genalign.tracking import Tracker
 
 
-def planner_dir(model: Path) -> Path:
-    """The local directory of the planner in a model artifact (a reference is resolved)."""
-    from genalign.models.refs import resolve
-
-    meta_path = Path(model) / "genalign.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("kind") == "ref":
-            return resolve(meta["ref"])
-    return Path(model)
-
-
 def run(cfg: PreparePlannerConfig, *, dataset: Path, eval_dataset: Path, model: Path,
         tracker: Tracker) -> StageResult:
     # The warm start's cache key (and, for its data, this config's hash) as it always was.

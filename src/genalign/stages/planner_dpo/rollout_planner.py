@@ -19,9 +19,9 @@ from pathlib import Path
 from genalign.artifacts import link_or_copy, read_shard
 from genalign.config.planner_dpo import RolloutPlannerConfig
 from genalign.data.mmsi import read_dataset
+from genalign.models.refs import model_dir
 from genalign.records import Sample, write_jsonl
 from genalign.stages import StageResult
-from genalign.stages.planner_dpo.prepare_planner import planner_dir
 from genalign.storage import atomic_dir, write_manifest
 from genalign.tracking import Tracker
 
@@ -41,7 +41,7 @@ def run(cfg: RolloutPlannerConfig, *, dataset: Path, shards: Path, model: Path, 
         raise ValueError(f"{shards}: shard {iteration} names questions missing from {dataset}: {missing[:5]}")
     rows = [by_id[i] for i in wanted]
     start = time.perf_counter()
-    model_obj, processor = load_vlm(planner_dir(model))
+    model_obj, processor = load_vlm(model_dir(model))
     sampling = cfg.sampling
     plans = PlannerSampler(model_obj, processor, sampling).sample(
         rows, seed=sampling.seed + iteration, root=dataset

@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 
 from genalign.config.planner_dpo import TrainPlannerConfig
+from genalign.models.refs import model_dir
 from genalign.records import Pair, read_jsonl
 from genalign.stages import StageResult
-from genalign.stages.planner_dpo.prepare_planner import planner_dir
 from genalign.storage import atomic_dir, atomic_write_json, read_manifest, write_manifest
 from genalign.tracking import Tracker
 
@@ -36,7 +36,7 @@ def run(cfg: TrainPlannerConfig, *, model: Path, pairs: Path, adapter: Path, mer
     pairs_manifest = read_manifest(pairs, "pairs")
     rows = read_jsonl(pairs / "pairs.jsonl", Pair)
     kept, weak = weight_weak_pairs(planner_pairs(rows), cfg.dpo.weak_pair_weight, cfg.dpo.seed)
-    base = planner_dir(model)
+    base = model_dir(model)
     iterations = sorted({p.iteration for p in rows}) or [0]
     with tempfile.TemporaryDirectory(dir=adapter.parent, prefix=f".{adapter.name}.") as scratch:
         trl_file = Path(scratch) / "train.trl.jsonl"
