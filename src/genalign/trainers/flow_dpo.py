@@ -19,8 +19,8 @@ e mod reference_draws and runs no reference forward except to measure drift.
 
 Determinism: pair order is a seeded permutation per epoch and each pair's (t, eps) is a
 function of (seed, pair index, draw), so a step's data depends only on the step number.
-A checkpoint (adapter tensors, optimizer tensors, step, RNG state; safetensors and JSON)
-is therefore enough to resume to the same final adapter.
+A checkpoint (adapter tensors, optimizer tensors, step, RNG state; safetensors and JSON:
+`genalign.training.checkpoints`) is therefore enough to resume to the same final adapter.
 
 Layout written under `out_dir`:
 
@@ -37,19 +37,13 @@ out_dir=..., tracker=NullTracker())`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
-import os
-import re
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -58,8 +52,13 @@ from genalign.losses import PREFERENCE_LOSS_EXTRA_INPUTS, get_preference_loss
 from genalign.losses.diffusion_dpo import masked_mse
 from genalign.losses.timesteps import flow_interpolate, flow_target, sample_timesteps
 from genalign.models.part_dit import CONFIG_NAME, WEIGHTS_NAME, PartDiT
-from genalign.storage import ArtifactError, atomic_dir, atomic_write_json, sha256_file
+from genalign.storage import ArtifactError, atomic_write_json
 from genalign.tracking import Tracker
+from genalign.training import base_model, checkpoints
+from genalign.training.adapters import attach_adapter, lora_config, reference_mode, save_adapter_dir
+from genalign.training.base_model import GENALIGN_JSON
+from genalign.training.checkpoints import latest_checkpoint
+from genalign.training.seeds import derive_seed
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -67,14 +66,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 METHOD = "flow_dpo"
-GENALIGN_JSON = "genalign.json"
-CHECKPOINTS = "checkpoints"
 # The files of a PartDiT directory that define the base model (PartDiT.save_pretrained).
 BASE_MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 # Extra loss inputs (genalign.losses.PREFERENCE_LOSS_EXTRA_INPUTS) this trainer can build
 # from a micro-batch: they need the live reference prediction.
 SUPPORTED_EXTRA_INPUTS = ("chosen_policy_ref_mse",)
-_CHECKPOINT_RE = re.compile(r"^step_(\d{8})$")
 
 
 # --------------------------------------------------------------------------------------
@@ -198,33 +194,12 @@ def load_pair_tensors(pairs: Sequence[Mapping[str, str | Path]], max_parts: int)
 
 def base_model_sha256(base_model_dir: Path) -> str:
     """Identity of a PartDiT directory: sha256 over its config and weight file hashes."""
-    base_model_dir = Path(base_model_dir)
-    h = hashlib.sha256()
-    for name in BASE_MODEL_FILES:
-        path = base_model_dir / name
-        if not path.is_file():
-            raise ArtifactError(f"{base_model_dir}: not a PartDiT directory (no {name})")
-        h.update(f"{name}:{sha256_file(path)}\n".encode())
-    return h.hexdigest()
+    return base_model.model_dir_sha256(base_model_dir, BASE_MODEL_FILES, kind="PartDiT")
 
 
 def check_adapter_base(adapter_dir: Path, base_model_dir: Path) -> None:
     """Raise ArtifactError unless the adapter was trained on this base model."""
-    adapter_dir, base_model_dir = Path(adapter_dir), Path(base_model_dir)
-    meta_path = adapter_dir / GENALIGN_JSON
-    if not meta_path.is_file():
-        raise ArtifactError(f"{adapter_dir}: not a genalign adapter (no {GENALIGN_JSON})")
-    meta = json.loads(meta_path.read_text())
-    if "base_model_sha256" not in meta:
-        raise ArtifactError(f"{meta_path}: no base_model_sha256 recorded")
-    expected = meta["base_model_sha256"]
-    actual = base_model_sha256(base_model_dir)
-    if expected != actual:
-        raise ArtifactError(
-            f"adapter {adapter_dir} was trained on base model {meta.get('base_model')!r} "
-            f"(sha256 {expected[:16]}...), but base model {base_model_dir} has sha256 "
-            f"{actual[:16]}..."
-        )
+    base_model.check_adapter_base(adapter_dir, base_model_dir, BASE_MODEL_FILES, kind="PartDiT")
 
 
 # --------------------------------------------------------------------------------------
@@ -234,17 +209,7 @@ def check_adapter_base(adapter_dir: Path, base_model_dir: Path) -> None:
 
 def add_adapter(model: torch.nn.Module, cfg: FlowDPOConfig) -> PeftModel:
     """Freeze `model` and wrap it with a LoRA or DoRA adapter on `cfg.target_modules`."""
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules),
-        use_dora=cfg.adapter == "dora",
-        bias="none",
-    )
-    return get_peft_model(model, lora)
+    return attach_adapter(model, lora_config(cfg, cfg.target_modules))
 
 
 def flow_errors(
@@ -261,12 +226,6 @@ def flow_errors(
     return masked_mse(u.float(), flow_target(x0, noise), part_mask), u
 
 
-def _mix_seed(*parts: int | str) -> int:
-    """A 63-bit seed from several integers, so draws are a pure function of their index."""
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
 def draw_timesteps_and_noise(
     cfg: FlowDPOConfig, pair_index: torch.Tensor, draw: int, shape: tuple[int, ...]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,7 +235,7 @@ def draw_timesteps_and_noise(
     """
     ts, noises = [], []
     for i in pair_index.tolist():
-        g = torch.Generator().manual_seed(_mix_seed(cfg.seed, "draw", i, draw))
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, "draw", i, draw))
         ts.append(
             sample_timesteps(
                 1,
@@ -302,72 +261,6 @@ def duplicate_for_pair(
         torch.cat([batch.cond, batch.cond]),
         torch.cat([batch.part_mask, batch.part_mask]),
     )
-
-
-@contextlib.contextmanager
-def reference_mode(model: PeftModel) -> Iterator[None]:
-    """The frozen base model: adapter off, eval mode, no autograd graph."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), model.disable_adapter():
-            yield
-    finally:
-        model.train(was_training)
-
-
-# --------------------------------------------------------------------------------------
-# Checkpoints: safetensors + JSON only
-# --------------------------------------------------------------------------------------
-
-
-def _optimizer_to_files(
-    optimizer: torch.optim.Optimizer,
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    for index, param_state in state["state"].items():
-        for key, value in param_state.items():
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(
-                    f"optimizer state {index}.{key} is a {type(value).__name__}, not a tensor"
-                )
-            tensors[f"state.{index}.{key}"] = value.detach().cpu().contiguous()
-    groups = [
-        {k: list(v) if isinstance(v, tuple) else v for k, v in group.items()}
-        for group in state["param_groups"]
-    ]
-    return tensors, {"param_groups": groups}
-
-
-def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        _, index, key = name.split(".", 2)
-        state.setdefault(int(index), {})[key] = value
-    groups = [
-        {k: tuple(v) if k == "betas" else v for k, v in group.items()}
-        for group in meta["param_groups"]
-    ]
-    return {"state": state, "param_groups": groups}
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    """The checkpoint with the highest step; atomic_dir makes every visible one complete."""
-    root = Path(out_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return None
-    found = sorted(
-        p
-        for p in root.iterdir()
-        if _CHECKPOINT_RE.match(p.name) and (p / "trainer_state.json").is_file()
-    )
-    return found[-1] if found else None
-
-
-def _comparable_config(cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    plain = json.loads(json.dumps(cfg_dict))
-    return {k: v for k, v in plain.items() if k not in RESUMABLE_FIELDS}
 
 
 # --------------------------------------------------------------------------------------
@@ -441,9 +334,8 @@ class FlowDPOTrainer:
             list(self.trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
 
-        ckpt_root = self.out_dir / CHECKPOINTS
-        if not self.resume and ckpt_root.exists():
-            shutil.rmtree(ckpt_root)
+        if not self.resume:
+            checkpoints.remove_checkpoints(self.out_dir)
         latest = latest_checkpoint(self.out_dir) if self.resume else None
         if latest is not None:
             self._load_checkpoint(latest)
@@ -489,7 +381,7 @@ class FlowDPOTrainer:
         """Pair indices of global micro-batch k and its epoch (pure function of k)."""
         epoch, j = divmod(k, self.micro_per_epoch)
         if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(_mix_seed(self.cfg.seed, "order", epoch))
+            g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "order", epoch))
             self._perm = torch.randperm(len(self.pairs), generator=g)
             self._perm_epoch = epoch
         bs = self.cfg.batch_size
@@ -604,69 +496,31 @@ class FlowDPOTrainer:
     # --- checkpoints ------------------------------------------------------------------
 
     def _save_checkpoint(self) -> None:
-        from safetensors.torch import save_file
-
-        root = self.out_dir / CHECKPOINTS
-        with atomic_dir(root / f"step_{self.step:08d}") as tmp:
-            save_file(
-                {n: p.detach().cpu().contiguous() for n, p in self.trainable.items()},
-                str(tmp / "adapter.safetensors"),
-            )
-            opt_tensors, opt_meta = _optimizer_to_files(self.optimizer)
-            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-            atomic_write_json(tmp / "optimizer.json", opt_meta)
-            rng = {"cpu": torch.get_rng_state()}
-            if torch.cuda.is_available():
-                rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-            save_file(rng, str(tmp / "rng.safetensors"))
-            atomic_write_json(
-                tmp / "trainer_state.json",
-                {
-                    "step": self.step,
-                    "seconds": self.seconds,
-                    "metrics": self.last_metrics,
-                    "base_model_sha256": self.base_sha256,
-                    "config": self.cfg.to_dict(),
-                },
-            )
-        kept = sorted(p for p in root.iterdir() if _CHECKPOINT_RE.match(p.name))
-        for old in kept[: -self.cfg.keep_checkpoints]:
-            shutil.rmtree(old)
+        checkpoints.save_checkpoint(
+            self.out_dir,
+            self.step,
+            tensors={"adapter": self.trainable},
+            optimizer=self.optimizer,
+            state={
+                "seconds": self.seconds,
+                "metrics": self.last_metrics,
+                "base_model_sha256": self.base_sha256,
+                "config": self.cfg.to_dict(),
+            },
+            keep=self.cfg.keep_checkpoints,
+        )
 
     def _load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        state = json.loads((path / "trainer_state.json").read_text())
+        state = checkpoints.read_checkpoint_state(path)
         if state["base_model_sha256"] != self.base_sha256:
             raise ArtifactError(
                 f"{path}: checkpoint was trained on another base model than {self.base_model_dir}; "
                 "pass resume=False or a fresh out_dir"
             )
-        saved, current = _comparable_config(state["config"]), _comparable_config(self.cfg.to_dict())
-        changed = sorted(k for k in current if saved.get(k) != current[k])
-        if changed:
-            raise ValueError(
-                f"{path}: cannot resume, config field(s) {changed} differ from the checkpoint's "
-                f"(only {list(RESUMABLE_FIELDS)} may change); pass resume=False or a fresh out_dir"
-            )
-        adapter = load_file(str(path / "adapter.safetensors"))
-        if set(adapter) != set(self.trainable):
-            raise ArtifactError(
-                f"{path}/adapter.safetensors: parameter names do not match the adapter"
-            )
-        with torch.no_grad():
-            for name, param in self.trainable.items():
-                param.copy_(adapter[name])
-        self.optimizer.load_state_dict(
-            _optimizer_from_files(
-                load_file(str(path / "optimizer.safetensors")),
-                json.loads((path / "optimizer.json").read_text()),
-            )
+        checkpoints.check_resumable(path, state["config"], self.cfg.to_dict(), RESUMABLE_FIELDS)
+        checkpoints.restore_checkpoint(
+            path, params={"adapter": self.trainable}, optimizer=self.optimizer
         )
-        rng = load_file(str(path / "rng.safetensors"))
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(list(rng["cuda"]))
         self.step = state["step"]
         self.seconds = state["seconds"]
         self.last_metrics = state["metrics"]
@@ -675,14 +529,7 @@ class FlowDPOTrainer:
 
     def save(self, metrics: dict[str, float]) -> None:
         """Write the peft adapter into out_dir, then genalign.json last (marks it complete)."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.out_dir, prefix=".adapter.", suffix=".tmp"))
-        try:
-            self.model.save_pretrained(str(tmp))
-            for f in tmp.iterdir():
-                os.replace(f, self.out_dir / f.name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        save_adapter_dir(self.model, self.out_dir)
         atomic_write_json(
             self.out_dir / GENALIGN_JSON,
             {

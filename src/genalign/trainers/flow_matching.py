@@ -8,9 +8,9 @@ Objective (rectified flow in PartCrafter's convention, t = 1 is noise; PartCraft
 
 with the conditioning c replaced by zeros for a `cfg_dropout` share of objects, so the
 same network gives the unconditional velocity for classifier-free guidance. AdamW,
-linear warmup then cosine decay, gradient clipping. PartCrafter also shuffles the
-parts of each object, so the part-identity embedding marks parts apart without
-imposing an order.
+linear warmup then cosine decay (`genalign.training.schedules`), gradient clipping.
+PartCrafter also shuffles the parts of each object, so the part-identity embedding marks
+parts apart without imposing an order.
 
     from genalign.trainers.flow_matching import pretrain
     metrics = pretrain(FlowMatchingConfig(), PartDiTConfig(cond_dim=32), latents, mask, cond, out, tracker)
@@ -30,14 +30,7 @@ from genalign.losses.diffusion_dpo import masked_mse
 from genalign.losses.timesteps import flow_interpolate, flow_target, sample_timesteps
 from genalign.models.part_dit import PartDiT
 from genalign.tracking import Tracker
-
-
-def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
-    """Learning-rate multiplier: linear 0 -> 1 over `warmup` steps, cosine 1 -> min_ratio after."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+from genalign.training.schedules import warmup_cosine
 
 
 def shuffle_real_parts(

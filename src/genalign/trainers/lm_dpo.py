@@ -24,17 +24,18 @@ the base model or on the full model:
   ignored with a log line. The ZeRO-3 offload config sets `zero_force_ds_cpu_optimizer`
   to false: the per-part parameter groups need the client optimizer (torch AdamW), which
   then steps on the CPU copies.
-- Processes. `launch_lm_dpo(..., processes=N)` trains in this process for N = 1 and
-  otherwise runs `python -m torch.distributed.run --standalone --nproc-per-node N -m
-  genalign.trainers.lm_dpo ...` (this module's command line, below; `--standalone` takes a
-  free port) with OMP_NUM_THREADS=1 unless set, relays its output and returns the metrics
-  from `out_dir/genalign.json`. Each worker joins the process group through accelerate
-  (gloo on CPU, nccl on CUDA). All ranks draw one seeded order of the pairs (`data_seed`)
-  and rank r takes its batches r, r + N, ... of `per_device_batch_size` pairs, so
-  `per_device_batch_size * grad_accum * N` pairs make one step, the same pairs as one
-  process with N times the batch; DDP averages the ranks' gradients of per-pair mean
-  losses, so the step is the same too (tests/integration/test_lm_dpo_distributed.py).
-  Only the main process writes `out_dir`. `accelerate launch` works the same way.
+- Processes. `launch_lm_dpo(..., processes=N)` (`genalign.training.launch`) trains in
+  this process for N = 1 and otherwise runs `python -m torch.distributed.run --standalone
+  --nproc-per-node N -m genalign.trainers.lm_dpo ...` (this module's command line, below;
+  `--standalone` takes a free port) with OMP_NUM_THREADS=1 unless set, relays its output
+  and returns the metrics from `out_dir/genalign.json`. Each worker joins the process
+  group through accelerate (gloo on CPU, nccl on CUDA). All ranks draw one seeded order
+  of the pairs (`data_seed`) and rank r takes its batches r, r + N, ... of
+  `per_device_batch_size` pairs, so `per_device_batch_size * grad_accum * N` pairs make
+  one step, the same pairs as one process with N times the batch; DDP averages the
+  ranks' gradients of per-pair mean losses, so the step is the same too
+  (tests/integration/test_lm_dpo_distributed.py). Only the main process writes
+  `out_dir`. `accelerate launch` works the same way.
 
 Layout written under `out_dir` (adapter runs):
 
@@ -63,15 +64,9 @@ import argparse
 import json
 import logging
 import math
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,6 +82,9 @@ from genalign.data.planner_pairs import (
 from genalign.records import Pair
 from genalign.storage import ArtifactError, atomic_dir, atomic_write_json
 from genalign.tracking import NullTracker, Tracker
+from genalign.training.adapters import lora_config
+from genalign.training.base_model import GENALIGN_JSON
+from genalign.training.launch import is_main_process, launch
 
 if TYPE_CHECKING:
     import torch
@@ -94,18 +92,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 METHOD = "lm_dpo"
-GENALIGN_JSON = "genalign.json"
 # Files transformers' Trainer.save_model writes beside the model that this project does
 # not keep: training_args.bin is a pickle.
 DROPPED_FILES = ("training_args.bin",)
 # The trl log keys forwarded to the tracker under "train/"; trl logs more (logps, logits,
 # entropy), forwarded too, but these are the ones a run summary reads.
 SUMMARY_KEYS = ("loss", "rewards/accuracies", "rewards/margins")
-# Lines of a failed multi-process run quoted in the error: enough for a worker's traceback
-# and torchrun's failure summary after it.
-TAIL_LINES = 80
-# Seconds a timed-out launch gets between SIGTERM (torchrun stops its workers) and SIGKILL.
-KILL_GRACE_S = 30.0
 
 
 # ---------------------------------------------------------------- model parts
@@ -286,7 +278,6 @@ def train_lm_dpo(
     directory).
     """
     import torch
-    from peft import LoraConfig
     from trl import DPOConfig
 
     from genalign.models.vlm import load_vlm
@@ -352,14 +343,7 @@ def train_lm_dpo(
         ref_model, _ = load_vlm(base_model_dir, dtype=dtype)
         ref_model.requires_grad_(False)
     else:
-        peft_config = LoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.alpha,
-            lora_dropout=cfg.dropout,
-            target_modules=adapter_targets(model, cfg),
-            use_dora=cfg.adapter == "dora",
-            bias="none",
-        )
+        peft_config = lora_config(cfg, adapter_targets(model, cfg))
 
     trainer = _trainer_class()(
         model=model,
@@ -467,31 +451,17 @@ def launch_lm_dpo(
     `out_dir/genalign.json`. A failed or timed-out run raises RuntimeError / TimeoutError
     with the last lines of its output.
     """
-    if processes < 1:
-        raise ValueError(f"processes: expected at least 1, got {processes}")
-    if processes == 1:
-        return train_lm_dpo(
-            cfg,
-            base_model_dir=base_model_dir,
-            pairs_rows=read_trl_jsonl(pairs_file),
-            image_root=image_root,
-            out_dir=out_dir,
-            tracker=tracker if tracker is not None else NullTracker(),
-            base_model_ref=base_model_ref,
-        )
-    if tracker is not None:
+    if processes > 1 and tracker is not None:
         raise ValueError(
             "tracker: step logs are forwarded with processes=1 only; with more processes log "
             "the returned metrics (also in out_dir/genalign.json)"
         )
     out_dir = Path(out_dir)
-    with tempfile.TemporaryDirectory(prefix="lm_dpo-launch-") as tmp:
-        config_path = Path(tmp) / "lm_dpo.json"
+
+    def worker_args(scratch: Path) -> list[str]:
+        config_path = scratch / "lm_dpo.json"
         config_path.write_text(json.dumps(cfg.to_dict(), indent=2))
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
-            "--nproc-per-node", str(processes),
-            "-m", "genalign.trainers.lm_dpo",
+        args = [
             "--config", str(config_path),
             "--model", str(base_model_dir),
             "--pairs", str(pairs_file),
@@ -499,59 +469,32 @@ def launch_lm_dpo(
             "--out", str(out_dir),
         ]  # fmt: skip
         if base_model_ref is not None:
-            cmd += ["--base-model-ref", base_model_ref]
-        # one thread per worker unless set (torchrun's default too): N workers already share
-        # the cores, more threads each only contend
-        env = {"OMP_NUM_THREADS": "1", **os.environ}
-        _run_relayed(cmd, env, timeout_s)
-    meta = out_dir / GENALIGN_JSON
-    if not meta.is_file():
-        raise ArtifactError(f"{meta}: missing after a successful {processes}-process run")
-    return {k: float(v) for k, v in json.loads(meta.read_text())["metrics"].items()}
+            args += ["--base-model-ref", base_model_ref]
+        return args
 
+    def rank0_metrics() -> dict[str, float]:
+        meta = out_dir / GENALIGN_JSON
+        if not meta.is_file():
+            raise ArtifactError(f"{meta}: missing after a successful {processes}-process run")
+        return {k: float(v) for k, v in json.loads(meta.read_text())["metrics"].items()}
 
-def _run_relayed(cmd: list[str], env: dict[str, str], timeout_s: float | None) -> None:
-    """Run `cmd`, copying its output (stderr merged) to our stdout line by line; raise with
-    the last TAIL_LINES lines when it fails or runs past `timeout_s`."""
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    # a session of its own: on a timeout the signal reaches torchrun and its workers
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
+    return launch(
+        processes,
+        in_process=lambda: train_lm_dpo(
+            cfg,
+            base_model_dir=base_model_dir,
+            pairs_rows=read_trl_jsonl(pairs_file),
+            image_root=image_root,
+            out_dir=out_dir,
+            tracker=tracker if tracker is not None else NullTracker(),
+            base_model_ref=base_model_ref,
+        ),
+        module="genalign.trainers.lm_dpo",
+        worker_args=worker_args,
+        result=rank0_metrics,
+        name="lm_dpo",
+        timeout_s=timeout_s,
     )
-
-    def relay() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            tail.append(line)
-
-    reader = threading.Thread(target=relay, daemon=True)
-    reader.start()
-    what = " ".join(cmd)
-    try:
-        returncode = proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        reader.join()
-        raise TimeoutError(
-            f"lm_dpo: stopped after {timeout_s} s: {what}\nlast lines:\n{''.join(tail)}"
-        ) from None
-    reader.join()
-    if returncode != 0:
-        raise RuntimeError(
-            f"lm_dpo: exit status {returncode}: {what}\nlast lines:\n{''.join(tail)}"
-        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -575,7 +518,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairs = read_trl_jsonl(args.pairs)
 
     import torch.distributed as dist
-    from accelerate import PartialState
 
     metrics = train_lm_dpo(
         cfg,
@@ -586,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracker=NullTracker(),
         base_model_ref=args.base_model_ref,
     )
-    if PartialState().is_main_process:  # the state the Trainer used
+    if is_main_process():
         print(json.dumps(metrics, sort_keys=True), flush=True)
     if dist.is_initialized():
         dist.destroy_process_group()

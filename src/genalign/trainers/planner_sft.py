@@ -9,7 +9,7 @@ Loss: next-token cross-entropy on the plan's tokens and the closing `<|im_end|>`
 (the prompt and the images are context), full fine-tuning of every weight, AdamW with
 linear warmup and cosine decay.
 
-    rows = make_spatial_samples(...)                    # or read_rows(dataset)
+    rows = make_spatial_samples(...)                    # or read_dataset(dataset)
     examples = sft_examples(rows, cfg)                  # [(row, plan_text)]
     metrics = train_planner_sft(cfg, model_dir=base, examples=examples, image_root=data,
                                 out_dir=out, tracker=tracker)
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from genalign.config.planner import PlannerSFTConfig
-from genalign.executors.render_view import instruction_vocabulary
+from genalign.data.scene_views import instruction_vocabulary
 from genalign.generators.plan_format import format_plan
 from genalign.storage import atomic_dir, atomic_write_json
 from genalign.tracking import Tracker
@@ -54,7 +54,8 @@ def sft_examples(rows: Sequence[dict[str, Any]], cfg: PlannerSFTConfig) -> list[
 def _encode(processor: Any, row: dict, plan: str, image_root: Path) -> dict[str, Any]:
     """One example's tensors: input ids with the plan and <|im_end|> after the prompt,
     labels -100 over the prompt."""
-    from genalign.generators.planner import load_images, planner_prompt
+    from genalign.data.planner_prompt import planner_prompt
+    from genalign.generators.planner import load_images
     from genalign.models.vlm import chat_inputs
 
     end = processor.tokenizer.eos_token  # <|im_end|>: the end of the assistant's turn
@@ -99,7 +100,7 @@ def train_planner_sft(
     from tqdm.auto import tqdm
 
     from genalign.models.vlm import load_vlm
-    from genalign.trainers.flow_matching import warmup_cosine
+    from genalign.training.schedules import warmup_cosine
 
     if not examples:
         raise ValueError("train_planner_sft: no examples")

@@ -1,0 +1,95 @@
+"""Adapters: the LoraConfig from a trainer's fields, attaching freezes the base, the
+reference is the base model exactly, the saved directory reloads."""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genalign.training.adapters import attach_adapter, lora_config, reference_mode, save_adapter_dir
+
+
+@dataclass(frozen=True)
+class Fields:
+    rank: int = 4
+    alpha: float = 8.0
+    dropout: float = 0.0
+    adapter: str = "lora"
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(3, 5)
+        self.out = torch.nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.proj(x)))
+
+
+def _adapted(seed: int = 0, **fields):
+    torch.manual_seed(seed)
+    base = Tiny()
+    model = attach_adapter(base, lora_config(Fields(**fields), ["proj"]))
+    with torch.no_grad():  # lora_B starts at zero: give the adapter an effect
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_()
+    return model
+
+
+def test_lora_config_from_fields():
+    lora = lora_config(Fields(rank=8, alpha=16.0, dropout=0.1, adapter="dora"), ("to_q", "to_k"))
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (8, 16.0, 0.1)
+    assert set(lora.target_modules) == {"to_q", "to_k"}
+    assert lora.use_dora and lora.bias == "none"
+    assert not lora_config(Fields(), ["proj"]).use_dora
+
+
+def test_lora_config_rejects_full_fine_tuning():
+    with pytest.raises(ValueError, match=r"'full' has no peft adapter config.*\['lora', 'dora'\]"):
+        lora_config(Fields(adapter="full"), ["proj"])
+
+
+def test_attach_freezes_everything_but_the_adapter():
+    model = _adapted()
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and ".proj." in n for n in trainable)
+
+
+def test_reference_mode_is_the_base_model_without_a_graph():
+    model = _adapted()
+    x = torch.randn(4, 3)
+    torch.manual_seed(0)
+    expected = Tiny()(x)  # the same init as the adapted model's base
+    model.train()
+    with reference_mode(model):
+        ref = model(x)
+        assert not model.training and not ref.requires_grad
+    assert model.training
+    torch.testing.assert_close(ref, expected, rtol=0, atol=0)
+    assert not torch.allclose(model(x), expected)  # the adapter is back on
+
+    with pytest.raises(RuntimeError, match="inside"), reference_mode(model):
+        raise RuntimeError("inside")
+    assert model.training and not torch.allclose(model(x), expected)
+
+
+def test_save_adapter_dir_writes_the_peft_directory_beside_other_files(tmp_path):
+    from peft import PeftModel
+
+    model = _adapted(adapter="dora").eval()
+    (tmp_path / "genalign.json").write_text("{}")
+    save_adapter_dir(model, tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "genalign.json"} <= names
+    assert not [n for n in names if n.startswith(".")]  # the temporary directory is gone
+    saved = load_file(str(tmp_path / "adapter_model.safetensors"))
+    assert saved and all("lora_" in k for k in saved)
+
+    torch.manual_seed(0)
+    reloaded = PeftModel.from_pretrained(Tiny(), str(tmp_path)).eval()
+    x = torch.randn(4, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x), model(x))
