@@ -21,11 +21,11 @@ demo: install ## the part-dpo pipeline, tiny preset, through kfp.local with a lo
 demo-planner: install ## the planner-dpo pipeline (iterative DPO of a VLM planner), tiny preset
 	$(VENV)/bin/genalign run planner-dpo --preset tiny
 
-test: install services ## unit + integration tests (starts PostgreSQL, moto S3 and MLflow on loopback)
+test: install services ## every tier: unit, contracts, integration, e2e (PostgreSQL, moto S3 and MLflow on loopback), gpu (skipped without CUDA)
 	$(PY) -m pytest -q
 
-test-unit: install
-	$(PY) -m pytest -q -m "not integration"
+test-unit: install ## the fast tier: tests/unit and the light contracts (no subprocess, no services)
+	$(PY) -m pytest -q -m "not integration and not e2e and not gpu"
 
 pipelines: install ## compile every pipeline into pipelines/compiled/
 	@mkdir -p pipelines/compiled

@@ -1,6 +1,15 @@
-"""Test setup shared by every tier: no telemetry, an isolated genalign home per session."""
+"""Test setup shared by every tier: no telemetry, an isolated genalign home per session,
+and each test's tier from its folder.
+
+    tests/unit         default: CPU, no subprocess, each well under a second (`make test-unit`)
+    tests/contracts    the contracts every declared pipeline keeps (fast ones unit, others integration)
+    tests/integration  tiny models, stages and trainers called directly, subprocesses (torchrun, kubectl)
+    tests/e2e          whole pipelines through kfp.local, services on loopback (PostgreSQL, S3, MLflow)
+    tests/gpu          real CUDA work; skipped without a CUDA device
+"""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +36,24 @@ def _isolated_home(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+TIERS = {"integration": "integration", "e2e": "e2e", "gpu": "gpu"}
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    """The marker of each test's tier folder; gpu tests skip without CUDA."""
+    cuda = None
+    for item in items:
+        folder = Path(str(item.fspath)).resolve().relative_to(HERE).parts[0]
+        if folder in TIERS:
+            item.add_marker(getattr(pytest.mark, TIERS[folder]))
+        if item.get_closest_marker("gpu") is not None:
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from genalign.models.part_codec import PartParams, part_mesh, save_glb
+from genalign.pairs import NoPairsError
 from genalign.records import RecordError, Sample, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import run_stage
-from genalign.pairs import NoPairsError
 from genalign.storage import ArtifactError, write_manifest
 
 pytestmark = pytest.mark.integration

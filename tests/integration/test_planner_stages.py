@@ -17,19 +17,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from genalign.data.mmsi import MMSIError
+from genalign.artifacts import link_or_copy
+from genalign.data.mmsi import MMSIError, read_dataset
 from genalign.data.planner_pairs import read_qwen_json, read_trl_jsonl, trl_dataset
 from genalign.data.planner_prompt import planner_prompt
 from genalign.data.scene_views import instruction_for
 from genalign.data.spatial_scenes import load_scene
 from genalign.generators.plan_format import format_plan
+from genalign.models.refs import model_dir as planner_dir
 from genalign.models.vlm import VLMConfigError, load_vlm
+from genalign.pairs import NoPairsError
 from genalign.records import Pair, Sample, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import run_stage
-from genalign.artifacts import link_or_copy
-from genalign.pairs import NoPairsError
-from genalign.data.mmsi import read_dataset
-from genalign.models.refs import model_dir as planner_dir
 from genalign.storage import read_manifest, write_manifest
 
 pytestmark = pytest.mark.integration

@@ -4,8 +4,8 @@ import pytest
 
 from genalign.config.base import ConfigError
 from genalign.config.part_dpo import PreparePartsConfig, RolloutPartsConfig
-from genalign.config.register import RegisterModelConfig
 from genalign.config.presets import load_preset
+from genalign.config.register import RegisterModelConfig
 
 
 def test_from_dict_rejects_unknown_key_and_lists_valid_ones():

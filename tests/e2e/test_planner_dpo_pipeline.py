@@ -22,7 +22,7 @@ from genalign.config.presets import load_preset
 from genalign.data.planner_pairs import read_qwen_json, read_trl_jsonl
 from genalign.stages import run_stage
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "genalign-planner-dpo-test"

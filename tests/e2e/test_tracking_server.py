@@ -38,7 +38,7 @@ from test_part_dpo_pipeline import SMALL, one
 
 from genalign.cli import main
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
 MODEL_NAME = "genalign-part-dpo-test"  # register.model_name in SMALL
 STAGES = sorted(["prepare-parts", "rollout-parts-0", "rollout-parts-1", "score", "score", "pairs",

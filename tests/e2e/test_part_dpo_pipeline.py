@@ -12,7 +12,7 @@ from genalign.cli import main
 from genalign.config.presets import load_preset
 from genalign.stages import run_stage
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
 SMALL = [
     "prepare.train_conditions=8", "prepare.eval_conditions=4",
@@ -105,13 +105,13 @@ def test_registered_adapter_reproduces_the_evaluation(runs, tmp_path):
     base PartDiT, sample the held-out conditions again: the same penetration per sample."""
     from peft import PeftModel
 
+    from genalign.artifacts import read_conditions
     from genalign.config.part_dpo import EvaluatePartsConfig
     from genalign.generators.parts import PartGenerator
     from genalign.models.part_dit import PartDiT
     from genalign.models.refs import resolve
     from genalign.models.vision import VisionEncoder
     from genalign.stages.part_dpo.evaluate_parts import measure
-    from genalign.artifacts import read_conditions
 
     args, _, run_dir = runs
     model = one(run_dir, "prepare-parts/model")
