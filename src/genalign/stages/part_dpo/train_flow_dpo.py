@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from genalign.artifacts import fingerprint
-from genalign.config.flow_dpo import FlowDPOConfig
+from genalign.config.flow_dpo import TrainFlowDPOConfig
 from genalign.records import Pair, ScoredSample, read_jsonl
 from genalign.stages import StageResult
 from genalign.storage import atomic_dir, read_manifest, write_manifest
@@ -39,7 +39,7 @@ def pair_files(pairs_dir: Path) -> list[dict[str, Path]]:
     return items
 
 
-def run(cfg: FlowDPOConfig, *, model: Path, pairs: Path, adapter: Path, tracker: Tracker) -> StageResult:
+def run(cfg: TrainFlowDPOConfig, *, model: Path, pairs: Path, adapter: Path, tracker: Tracker) -> StageResult:
 
     from genalign.models.part_codec import MAX_PARTS
     from genalign.models.refs import cache_dir
