@@ -110,8 +110,13 @@ def register_model(
 
 
 @dsl.component(base_image=images.CPU, install_kfp_package=False)
-def close_tracking(experiment: str, pipeline_run: str, status: dsl.PipelineTaskFinalStatus):
-    """Exit handler: marks the pipeline's MLflow parent run finished or failed."""
+def close_tracking(
+    experiment: str, pipeline_run: str, pipeline: str, preset: str, status: dsl.PipelineTaskFinalStatus
+):
+    """Exit handler: gives the pipeline's MLflow parent run its preset, the stages' configs
+    and the final evaluation metrics, and marks it finished or failed."""
+    from genalign.config.pipelines import get_pipeline
     from genalign.tracking import end_pipeline_run
 
-    end_pipeline_run(experiment, pipeline_run, "FINISHED" if status.state == "SUCCEEDED" else "FAILED")
+    end_pipeline_run(experiment, pipeline_run, "FINISHED" if status.state == "SUCCEEDED" else "FAILED",
+                     preset=preset, report_stage=get_pipeline(pipeline).report)

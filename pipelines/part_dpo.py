@@ -21,12 +21,12 @@ from .cluster import apply_profile, imported
 PIPELINE = "part-dpo"
 
 
-def make_part_dpo(profile: dict | None = None, *, resume: dict | None = None):
+def make_part_dpo(profile: dict | None = None, *, doc: str = "", resume: dict | None = None):
     """The part-dpo pipeline; `profile` is a checked cluster profile as a dict, or None;
+    `doc` the docstring whose Args describe the parameters (from the declaration);
     `resume` = {"uris": {"<stage>.<output>": uri}} continues an earlier run."""
     uris = resume["uris"] if resume else {}
 
-    @dsl.pipeline(name=PIPELINE, description="Flow-DPO of a part-aware 3D generator against inter-part penetration")
     def part_dpo(
         prepare: dict,
         rollout: dict,
@@ -35,11 +35,12 @@ def make_part_dpo(profile: dict | None = None, *, resume: dict | None = None):
         train: dict,
         evaluate: dict,
         register: dict,
+        preset: str = "tiny",
         experiment: str = "genalign-part-dpo",
         num_shards: int = 2,
     ):
         track = {"experiment": experiment, "pipeline_run": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
-        closer = close_tracking(**track)
+        closer = close_tracking(pipeline=PIPELINE, preset=preset, **track)
         apply_profile(closer, profile, stage=False)
         with dsl.ExitHandler(closer, name="tracked-run"):
             if "mine-pairs.pairs" in uris:
@@ -75,7 +76,5 @@ def make_part_dpo(profile: dict | None = None, *, resume: dict | None = None):
                 config=register, pipeline=PIPELINE, adapter=adapter, report=report, pairs=mined, **track,
             ), profile)
 
-    return part_dpo
-
-
-part_dpo = make_part_dpo()
+    part_dpo.__doc__ = doc
+    return dsl.pipeline(name=PIPELINE, description=doc.split("\n")[0] if doc else None)(part_dpo)

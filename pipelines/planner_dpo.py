@@ -27,16 +27,19 @@ from components.shared import accumulate_pairs, close_tracking, mine_pairs, regi
 
 from .cluster import apply_profile, imported
 
+PIPELINE = "planner-dpo"
 
-def make_planner_dpo(profile: dict | None = None, *, iterations: int = 5, resume: dict | None = None):
+
+def make_planner_dpo(profile: dict | None = None, *, iterations: int = 5, doc: str = "",
+                     resume: dict | None = None):
     """The planner-dpo pipeline with `iterations` on-policy rounds; `profile` is a checked
-    cluster profile as a dict or None; `resume` = {"iteration": k, "uris": {...}} continues
-    an earlier run from iteration k."""
+    cluster profile as a dict or None; `doc` the docstring whose Args describe the
+    parameters (from the declaration); `resume` = {"iteration": k, "uris": {...}}
+    continues an earlier run from iteration k."""
     start = resume["iteration"] if resume else 0
     if not 0 <= start < iterations:
         raise ValueError(f"resume iteration {start}: expected 0 <= k < iterations ({iterations})")
 
-    @dsl.pipeline(name="planner-dpo", description="Iterative on-policy DPO of a vision-language planner")
     def planner_dpo(
         prepare: dict,
         shard: dict,
@@ -48,12 +51,13 @@ def make_planner_dpo(profile: dict | None = None, *, iterations: int = 5, resume
         train: dict,
         evaluate: dict,
         register: dict,
+        preset: str = "tiny",
         experiment: str = "genalign-planner-dpo",
         subshards: int = 1,
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         track = {"experiment": experiment, "pipeline_run": run_id}
-        closer = close_tracking(**track)
+        closer = close_tracking(pipeline=PIPELINE, preset=preset, **track)
         apply_profile(closer, profile, stage=False)
         with dsl.ExitHandler(closer, name="tracked-run"):
             if resume:
@@ -86,11 +90,11 @@ def make_planner_dpo(profile: dict | None = None, *, iterations: int = 5, resume
                     lab = label_plans(config=label, executed=exe.outputs["executed"], dataset=dataset, **track)
                     apply_profile(lab, profile)
                 mined = mine_pairs(config=pairs, iteration=i, scored=dsl.Collected(lab.outputs["scored"]),
-                                   pipeline="planner-dpo", **track)
+                                   pipeline=PIPELINE, **track)
                 apply_profile(mined, profile)
                 previous = {} if acc is None else {"previous": acc}
                 accumulated = accumulate_pairs(config=accumulate, iteration=i, pairs=mined.outputs["pairs"],
-                                               pipeline="planner-dpo", **previous, **track)
+                                               pipeline=PIPELINE, **previous, **track)
                 apply_profile(accumulated, profile)
                 acc = accumulated.outputs["accumulated"]
                 trained = train_planner(config=train, iteration=i, model=base, pairs=acc, **track)
@@ -102,7 +106,8 @@ def make_planner_dpo(profile: dict | None = None, *, iterations: int = 5, resume
                 apply_profile(ev, profile)
                 history = ev.outputs["report"]
             registered = register_model(config=register, adapter=trained.outputs["adapter"], report=history,
-                                        pairs=acc, pipeline="planner-dpo", **track)
+                                        pairs=acc, pipeline=PIPELINE, **track)
             apply_profile(registered, profile)
 
-    return planner_dpo
+    planner_dpo.__doc__ = doc
+    return dsl.pipeline(name=PIPELINE, description=doc.split("\n")[0] if doc else None)(planner_dpo)

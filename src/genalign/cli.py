@@ -39,6 +39,7 @@ def _pipeline_function(name: str, profile: dict | None = None, arguments: dict |
     decl = get_pipeline(name)
     module, _, attr = decl.factory.partition(":")
     structure = decl.structure(arguments or {})
+    structure["doc"] = decl.docstring()
     if resume is not None:
         structure["resume"] = resume
     return getattr(importlib.import_module(module), attr)(profile, **structure)

@@ -199,9 +199,41 @@ class MlflowTracker(Tracker):
         return f"{self.client.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
 
 
-def end_pipeline_run(experiment: str, pipeline_run: str, status: str = "FINISHED") -> None:
+def end_pipeline_run(
+    experiment: str, pipeline_run: str, status: str = "FINISHED", *, preset: str = "", report_stage: str = ""
+) -> None:
+    """Close the pipeline's parent run with `status`, after giving it what makes pipeline
+    runs comparable at the top level of the MLflow UI: the preset's name, every stage's
+    config as `<stage>.<key>` params, and the final evaluation metrics (those of the last
+    `report_stage` run, the last iteration's in an iterative pipeline)."""
+    from mlflow.entities import Metric, Param
+
     client = _client()
     run_id = pipeline_run_id(experiment, pipeline_run)
+    parent = client.get_run(run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{PIPELINE_RUN_TAG}.child` = '{pipeline_run}'",
+        order_by=["attributes.start_time ASC"], max_results=5000,
+    )
+    params: dict[str, str] = {}
+    report = None
+    for child in children:
+        stage = child.data.tags.get(STAGE_TAG) or child.data.tags.get("genalign.stage", "")
+        for key, value in child.data.params.items():
+            params.setdefault(f"{stage}.{key}", value)
+        if stage == report_stage and child.info.status == "FINISHED":
+            report = child
+    params = {k: v for k, v in params.items() if k not in parent.data.params}
+    items = [Param(k[:250], v) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+    if preset:
+        client.set_tag(run_id, "genalign.preset", preset)
+    if report is not None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, 0) for k, v in report.data.metrics.items() if k.startswith("eval/")]
+        if metrics:
+            client.log_batch(run_id, metrics=metrics)
     client.set_terminated(run_id, status)
 
 

@@ -105,6 +105,17 @@ def test_resume_points_name_declared_outputs(name):
     assert "registration" in decl.stages[decl.register].outputs
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_of_the_compiled_pipeline_has_a_description(name):
+    import yaml
+
+    spec = next(yaml.safe_load_all((ROOT / "pipelines" / "compiled" / f"{name}.yaml").read_text()))
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(parameters) == set(PIPELINES[name].sections) | set(PIPELINES[name].scalars)
+    assert all(p.get("description") for p in parameters.values()), sorted(
+        k for k, p in parameters.items() if not p.get("description"))
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("name", NAMES)
 def test_checked_in_pipeline_is_current(name, tmp_path):

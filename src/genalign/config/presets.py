@@ -63,6 +63,7 @@ def load_preset(pipeline: str, preset: str = "tiny", overrides: list[str] | tupl
     data = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    data.setdefault("preset", path.stem)
     apply_overrides(data, overrides)
     sections, scalars = decl.sections, decl.scalars
     unknown = sorted(set(data) - set(sections) - set(scalars))

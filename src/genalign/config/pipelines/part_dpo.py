@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from genalign.config.pipelines.shared import MINE_PAIRS, REGISTER_MODEL, SCORE_SAMPLES
-from genalign.config.pipelines.spec import Pipeline, Resume, Scalar, Stage
+from genalign.config.pipelines.spec import PRESET, Pipeline, Resume, Scalar, Stage
 
 PREPARE_PARTS = Stage(
     "prepare-parts", "genalign.stages.part_dpo.prepare_parts", "genalign.config.part_dpo:PreparePartsConfig",
@@ -41,6 +41,7 @@ PIPELINE = Pipeline(
         "register": REGISTER_MODEL,
     },
     scalars={
+        "preset": PRESET,
         "experiment": Scalar(str, "genalign-part-dpo", "MLflow experiment of the run and its stages"),
         "num_shards": Scalar(int, 2, "rollout and score tasks that run side by side (ParallelFor)", minimum=1),
     },

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from genalign.config.pipelines.shared import ACCUMULATE_PAIRS, MINE_PAIRS, REGISTER_MODEL
-from genalign.config.pipelines.spec import Pipeline, Resume, Scalar, Stage
+from genalign.config.pipelines.spec import PRESET, Pipeline, Resume, Scalar, Stage
 
 PREPARE_PLANNER = Stage(
     "prepare-planner", "genalign.stages.planner_dpo.prepare_planner",
@@ -63,6 +63,7 @@ PIPELINE = Pipeline(
         "register": REGISTER_MODEL,
     },
     scalars={
+        "preset": PRESET,
         "experiment": Scalar(str, "genalign-planner-dpo", "MLflow experiment of the run and its stages"),
         "subshards": Scalar(int, 1, "rollout/execute/label tasks per iteration (ParallelFor)", minimum=1),
     },

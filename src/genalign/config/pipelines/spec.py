@@ -52,6 +52,11 @@ class Scalar:
     minimum: int | None = None  # for int scalars
 
 
+# Every pipeline's record of which preset its arguments came from (the parent MLflow run's
+# genalign.preset tag); `load_preset` fills it with the preset's name.
+PRESET = Scalar(str, "tiny", "the preset these arguments came from (configs/<pipeline>/<preset>.yaml)")
+
+
 @dataclasses.dataclass(frozen=True)
 class Resume:
     """Outputs of a finished stage that a resumed run imports instead of recomputing.
@@ -83,6 +88,16 @@ class Pipeline:
     @property
     def stages(self) -> dict[str, Stage]:
         return {s.name: s for s in self.sections.values()}
+
+    def docstring(self) -> str:
+        """The pipeline function's docstring: kfp turns its `Args:` into the descriptions
+        of the pipeline's parameters that the Kubeflow UI shows."""
+        lines = [self.description, "", "Args:"]
+        for section, stage in self.sections.items():
+            lines.append(f"    {section}: config of stage {stage.name} ({stage.help}); its fields: "
+                         f"`genalign stage {stage.name} --help`")
+        lines += [f"    {name}: {scalar.help}" for name, scalar in self.scalars.items()]
+        return "\n".join(lines)
 
     def structure(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """What the compiled shape depends on: the number of iterations, if it has any."""
