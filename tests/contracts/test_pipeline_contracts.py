@@ -43,10 +43,10 @@ def components() -> dict[str, list[tuple[str, object]]]:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_tiny_preset_loads_and_fills_every_section_and_scalar(name):
-    args = load_preset(name, "tiny")
+def test_tiny_and_e2e_presets_load_and_fill_every_section_and_scalar(name):
     decl = PIPELINES[name]
-    assert set(args) == set(decl.sections) | set(decl.scalars)
+    for preset in ("tiny", "e2e"):
+        assert set(load_preset(name, preset)) == set(decl.sections) | set(decl.scalars)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -140,26 +140,14 @@ def test_checked_in_pipeline_is_current(name, tmp_path):
 @pytest.mark.integration
 @pytest.mark.parametrize("name", NAMES)
 def test_the_first_stage_run_twice_is_reused_with_the_same_metrics(name, tmp_path):
-    """Each pipeline's first stage on a small config: the second run reuses the sealed
+    """Each pipeline's first stage on its e2e preset: the second run reuses the sealed
     outputs and reports the first run's metrics."""
     from genalign.stages import run_stage
 
-    decl = PIPELINES[name]
-    section, stage = next(iter(decl.sections.items()))
-    config = SMALL_FIRST_STAGE[name]
+    section, stage = next(iter(PIPELINES[name].sections.items()))
+    config = load_preset(name, "e2e")[section]
     outputs = {k: tmp_path / k for k in stage.outputs}
     first = run_stage(stage.name, config, inputs={}, outputs=outputs)
     again = run_stage(stage.name, config, inputs={}, outputs=outputs)
     assert not first.reused and again.reused
     assert again.metrics == first.metrics
-
-
-# The first stage of each pipeline on a config that runs in seconds.
-SMALL_FIRST_STAGE = {
-    "part-dpo": {"train_conditions": 4, "eval_conditions": 2, "base_model": "tiny://part-generator"},
-    "planner-dpo": {"train_samples": 4, "eval_samples": 2, "base_model": "tiny://tiny-qwen2-vl", "warm_start": None},
-}
-
-
-def test_every_pipeline_has_a_small_first_stage_config():
-    assert set(SMALL_FIRST_STAGE) == set(PIPELINES)

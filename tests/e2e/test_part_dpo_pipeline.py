@@ -1,9 +1,12 @@
-"""part-dpo end to end on a scaled-down tiny preset: the same stages called directly and
+"""part-dpo end to end on its e2e preset (the tiny preset scaled down): the same stages called directly and
 run as a pipeline through kfp.local give the same outputs; MLflow holds the parent run,
 the stage runs and the registered adapter, which reproduces the evaluation when loaded
 back with `PeftModel.from_pretrained` over the base."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,15 +17,6 @@ from genalign.stages import run_stage
 
 pytestmark = pytest.mark.e2e
 
-SMALL = [
-    "prepare.train_conditions=8", "prepare.eval_conditions=4",
-    "prepare.pretrain.objects=256", "prepare.pretrain.training.steps=60",
-    "prepare.pretrain.training.batch_size=32", "prepare.pretrain.training.warmup_steps=10",
-    "rollout.steps=6", "rollout.samples_per_condition=3",
-    "evaluate.steps=6", "evaluate.samples_per_condition=1", "evaluate.gallery=2",
-    "train.max_steps=4", "train.batch_size=4", "train.checkpoint_every=2",
-    "score.workers=1", "pairs.min_gap=0.0", "register.model_name=genalign-part-dpo-test",
-]
 
 
 def run_direct(args: dict, out: Path) -> dict[str, Path]:
@@ -47,10 +41,9 @@ def run_direct(args: dict, out: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("part-dpo")
-    args = load_preset("part-dpo", "tiny", SMALL)
+    args = load_preset("part-dpo", "e2e")
     direct = run_direct(args, root / "direct")
-    assert main(["run", "part-dpo", "--preset", "tiny", *[a for s in SMALL for a in ("--set", s)],
-                 "--pipeline-root", str(root / "kfp")]) == 0
+    assert main(["run", "part-dpo", "--preset", "e2e", "--pipeline-root", str(root / "kfp")]) == 0
     (run_dir,) = list((root / "kfp").iterdir())
     return args, direct, run_dir
 
@@ -85,8 +78,13 @@ def test_mlflow_parent_child_runs_and_registry(runs):
     exp = client.get_experiment_by_name("genalign-part-dpo")
     parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`{PIPELINE_RUN_TAG}` != ''")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # the parent compares at the top level: preset, every stage's config, the final metrics
+    assert parents[0].data.tags["genalign.preset"] == "e2e"
+    assert parents[0].data.params["train-flow-dpo.beta"] == "2000.0"
+    assert "eval/penetration_mean" in parents[0].data.metrics
     children = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     stages = sorted(r.data.tags["genalign.stage"] for r in children)
+    assert all(r.data.tags["genalign.reused"] == "false" for r in children if "genalign.reused" in r.data.tags)
     assert stages == sorted(["prepare-parts", "rollout-parts-0", "rollout-parts-1", "score-samples-0", "score-samples-1", "mine-pairs",
                              "train-flow-dpo", "evaluate-parts", "register-model"])
     train_run = next(r for r in children if r.data.tags["genalign.stage"] == "train-flow-dpo")
@@ -124,3 +122,35 @@ def test_registered_adapter_reproduces_the_evaluation(runs, tmp_path):
     report = json.loads(one(run_dir, "evaluate-parts/report/report.json").read_text())
     expected = [r["penetration"] for r in report["samples"]["tuned"]]
     assert [r["penetration"] for r in rows] == pytest.approx(expected, abs=1e-6)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_failed_run_resumes_after_its_pairs_with_the_same_result(runs, tmp_path):
+    """A run that fails at evaluate-parts says how to resume; `--resume-from <run id>`
+    imports prepare, pairs and adapter (MLflow records their URIs) and gives the
+    uninterrupted run's evaluation."""
+    _, _, run_dir = runs
+    env = {**os.environ, "GENALIGN_HOME": str(tmp_path / "home"), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
+           "GENALIGN_CACHE": os.environ.get("GENALIGN_CACHE") or str(Path(os.environ["GENALIGN_HOME"]) / "cache")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "genalign.cli", "run", "part-dpo", "--preset", "e2e",
+           "--pipeline-root", str(tmp_path / "kfp")]
+    cut = subprocess.run(cmd, cwd=ROOT, env={**env, "GENALIGN_FAIL_STAGE": "evaluate-parts"},
+                         capture_output=True, text=True, timeout=900)
+    assert cut.returncode == 1, cut.stderr[-3000:]
+    last = cut.stderr.strip().splitlines()[-1]
+    assert last.startswith("genalign: stage evaluate-parts failed: InjectedFailure"), last
+    hint = next(line for line in cut.stderr.splitlines() if "--resume-from" in line)
+    run_id = hint.split("--resume-from ")[1].split()[0]
+    resumed = subprocess.run([*cmd, "--resume-from", run_id], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming run {run_id}" in resumed.stdout
+    new_run = max((tmp_path / "kfp").iterdir(), key=lambda p: p.stat().st_mtime)
+    assert not list(new_run.glob("*rollout-parts*")) and not list(new_run.glob("train-flow-dpo"))
+    expected = json.loads(one(run_dir, "evaluate-parts/report/report.json").read_text())["metrics"]
+    got = json.loads(one(new_run, "evaluate-parts/report/report.json").read_text())["metrics"]
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+

@@ -1,4 +1,4 @@
-"""planner-dpo end to end through kfp.local on a scaled-down tiny preset, three iterations.
+"""planner-dpo end to end through kfp.local on its e2e preset (the tiny preset scaled down), three iterations.
 
 Two runs go side by side, each in its own genalign home (MLflow store, caches): one
 uninterrupted, and one that fails at the rollout of iteration 2 (GENALIGN_FAIL_STAGE),
@@ -26,15 +26,6 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "genalign-planner-dpo-test"
-SMALL = [
-    f"experiment={EXPERIMENT}",
-    "prepare.train_samples=12", "prepare.eval_samples=4",
-    "prepare.warm_start.steps=160", "prepare.warm_start.batch_size=8", "prepare.warm_start.examples_per_row=4",
-    "rollout.sampling.k=6", "rollout.sampling.max_new_tokens=48",
-    "train.dpo.rank=4", "train.dpo.alpha=8", "train.dpo.epochs=1", "train.dpo.per_device_batch_size=2",
-    "evaluate.sampling.max_new_tokens=48", "evaluate.gallery=2",
-    "register.model_name=genalign-planner-dpo-test",
-]
 
 
 def genalign(home: Path, cache: Path, *args: str, fail: str | None = None) -> subprocess.Popen:
@@ -44,8 +35,8 @@ def genalign(home: Path, cache: Path, *args: str, fail: str | None = None) -> su
     env.pop("GENALIGN_FAIL_STAGE", None)
     if fail:
         env["GENALIGN_FAIL_STAGE"] = fail
-    cmd = [sys.executable, "-m", "genalign.cli", "run", "planner-dpo", "--preset", "tiny",
-           *[a for s in SMALL for a in ("--set", s)], "--pipeline-root", str(home / "kfp"), *args]
+    cmd = [sys.executable, "-m", "genalign.cli", "run", "planner-dpo", "--preset", "e2e",
+           "--pipeline-root", str(home / "kfp"), *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -80,7 +71,7 @@ def runs(tmp_path_factory):
     warm = tmp_path_factory.mktemp("warm")
     os.environ["GENALIGN_CACHE"] = str(cache)
     try:
-        run_stage("prepare-planner", load_preset("planner-dpo", "tiny", SMALL)["prepare"], inputs={},
+        run_stage("prepare-planner", load_preset("planner-dpo", "e2e")["prepare"], inputs={},
                   outputs={"dataset": warm / "d", "eval_dataset": warm / "e", "model": warm / "m"})
     finally:
         os.environ.pop("GENALIGN_CACHE", None)
