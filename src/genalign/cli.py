@@ -554,11 +554,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _input_errors() -> tuple[type[Exception], ...]:
+    """Errors that are about the input (a config, a reference, an artifact, a row), each of
+    whose messages names the file, line or field: said in one paragraph, exit code 2."""
+    from genalign.config.refs import ModelRefError
+    from genalign.records import RecordError
+    from genalign.storage import ArtifactError
+
+    return ConfigError, ModelRefError, ArtifactError, RecordError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except _input_errors() as e:
         print(f"genalign: error: {e}", file=sys.stderr)
         return 2
 

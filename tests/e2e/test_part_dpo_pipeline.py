@@ -3,6 +3,7 @@ run as a pipeline through kfp.local give the same outputs; MLflow holds the pare
 the stage runs and the registered adapter, which reproduces the evaluation when loaded
 back with `PeftModel.from_pretrained` over the base."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -154,3 +155,50 @@ def test_a_failed_run_resumes_after_its_pairs_with_the_same_result(runs, tmp_pat
     got = json.loads(one(new_run, "evaluate-parts/report/report.json").read_text())["metrics"]
     assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
+
+
+def test_sigterm_closes_the_runs_mlflow_parent_as_killed(tmp_path):
+    """`genalign run` stopped with SIGTERM (as a terminal closing or a supervisor does)
+    closes the pipeline's MLflow parent run KILLED instead of leaving it RUNNING."""
+    import signal
+    import sqlite3
+    import time
+
+    from genalign.tracking import PIPELINE_RUN_TAG
+
+    home = tmp_path / "home"
+    env = {**os.environ, "GENALIGN_HOME": str(home), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
+           "GENALIGN_CACHE": str(tmp_path / "cache")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def parent_status() -> str | None:
+        """Read from the store's tables directly: an MLflow client opened while the run
+        creates the store would race its schema migration."""
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{home / 'mlflow.db'}?mode=ro", uri=True)) as db:
+                row = db.execute("select r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+                                 "where t.key = ?", (PIPELINE_RUN_TAG,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return row[0] if row else None
+
+    log = open(tmp_path / "run.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "genalign.cli", "run", "part-dpo", "--preset", "e2e",
+                             "--pipeline-root", str(tmp_path / "kfp")], cwd=ROOT, env=env, start_new_session=True,
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while parent_status() is None and time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(0.2)
+        assert parent_status() == "RUNNING"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the stage subprocess kfp.local had started
+        log.close()
+    out = (tmp_path / "run.log").read_text()
+    assert proc.returncode == 130, out[-2000:]
+    assert "the run was stopped" in out
+    assert parent_status() == "KILLED"

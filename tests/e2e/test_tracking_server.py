@@ -34,13 +34,13 @@ from urllib.parse import urlparse
 
 import pytest
 from services import tracking_stack  # tests/services.py
-from test_part_dpo_pipeline import SMALL, one
+from test_part_dpo_pipeline import one
 
 from genalign.cli import main
 
 pytestmark = pytest.mark.e2e
 
-MODEL_NAME = "genalign-part-dpo-test"  # register.model_name in SMALL
+MODEL_NAME = "genalign-part-dpo-test"  # register.model_name in configs/part-dpo/e2e.yaml
 STAGES = sorted(["prepare-parts", "rollout-parts-0", "rollout-parts-1", "score", "score", "pairs",
                  "train-flow-dpo", "evaluate-parts", "register"])
 CLIENT_S3_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
@@ -66,8 +66,7 @@ def run_pipeline(root: Path, env: dict[str, str | None]) -> Path:
                 mp.delenv(key, raising=False)
             else:
                 mp.setenv(key, value)
-        args = [a for s in SMALL for a in ("--set", s)]
-        assert main(["run", "part-dpo", "--preset", "tiny", *args, "--pipeline-root", str(root / "kfp")]) == 0
+        assert main(["run", "part-dpo", "--preset", "e2e", "--pipeline-root", str(root / "kfp")]) == 0
     (run_dir,) = list((root / "kfp").iterdir())
     return run_dir
 

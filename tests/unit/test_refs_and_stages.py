@@ -67,3 +67,21 @@ def test_compile_names_the_project_image_on_every_task(tmp_path):
         assert executor["container"]["image"] in images.ALL.values(), name
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["rollout"]["defaultValue"]["samples_per_condition"] == 8
+
+
+def test_a_malformed_row_is_exit_code_2_naming_file_line_and_field(capsys, tmp_path):
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (samples / "manifest.json").write_text('{"kind": "samples", "schema_version": 1}')
+    (samples / "samples.jsonl").write_text('{"sample_id": "s0"}\n')
+    code = main(["stage", "score-samples", "--in", f"samples={samples}", "--out", f"scored={tmp_path / 'o'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(f"genalign: error: {samples / 'samples.jsonl'}:1: cond_id: required field")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_wrong_artifact_kind_is_exit_code_2(capsys, tmp_path):
+    (tmp_path / "manifest.json").write_text('{"kind": "pairs", "schema_version": 1}')
+    assert main(["stage", "score-samples", "--in", f"samples={tmp_path}", "--out", f"scored={tmp_path / 'o'}"]) == 2
+    assert "artifact kind is 'pairs', expected one of ['samples']" in capsys.readouterr().err
