@@ -95,13 +95,15 @@ def register_model(
     adapter: Input[Model],
     report: Input[Artifact],
     pairs: Input[Artifact],
+    model: Input[Model],
     registration: Output[Artifact],
 ) -> str:
-    """Registers the trained adapter as an MLflow model version; returns "<name>/<version>"."""
+    """Registers the trained adapter and its base (`model`) as MLflow model versions;
+    returns "<name>/<version>"."""
     from genalign.stages import run_stage
 
     result = run_stage(
-        "register-model", config, inputs={"adapter": adapter, "report": report, "pairs": pairs},
+        "register-model", config, inputs={"adapter": adapter, "report": report, "pairs": pairs, "model": model},
         outputs={"registration": registration},
         tracking={"experiment": experiment, "pipeline_run": pipeline_run, "pipeline": pipeline},
     )

@@ -73,7 +73,7 @@ def make_part_dpo(profile: dict | None = None, *, doc: str = "", resume: dict | 
                     config=evaluate, model=model, adapter=adapter, conditions=eval_conditions, **track,
                 ), profile).outputs["report"]
             apply_profile(register_model(
-                config=register, pipeline=PIPELINE, adapter=adapter, report=report, pairs=mined, **track,
+                config=register, pipeline=PIPELINE, adapter=adapter, report=report, pairs=mined, model=model, **track,
             ), profile)
 
     part_dpo.__doc__ = doc

@@ -106,7 +106,7 @@ def make_planner_dpo(profile: dict | None = None, *, iterations: int = 5, doc: s
                 apply_profile(ev, profile)
                 history = ev.outputs["report"]
             registered = register_model(config=register, adapter=trained.outputs["adapter"], report=history,
-                                        pairs=acc, pipeline=PIPELINE, **track)
+                                        pairs=acc, model=base, pipeline=PIPELINE, **track)
             apply_profile(registered, profile)
 
     planner_dpo.__doc__ = doc

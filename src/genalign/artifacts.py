@@ -217,11 +217,36 @@ def publish(directory: Path, uri: str) -> None:
 class ModelCard:
     """`genalign.json` beside a model or an adapter: what it is and what it came from.
 
-    kind: "model" (a directory of weights), "adapter" (a peft directory over
-    `base_model`), or "ref" (a pointer: `ref` is a model reference resolved on use).
-    `base_model` is a model reference that resolves on another machine (tiny://,
-    hf://, s3://, mlflow://) whenever one is known; `base_model_sha256` the content hash
-    of the base the adapter was trained on."""
+    One schema for every model directory the project writes or reads:
+
+        kind              "model" (a directory of weights), "adapter" (a peft directory over
+                          `base_model`), "ref" (a pointer: `ref` is a model reference resolved
+                          on use) or "partcrafter" (`ref` names a PartCrafter checkpoint,
+                          `genalign.generators.partcrafter`)
+        method            how it was made: "random_init" (tiny builders), "flow_matching"
+                          (pretrained here), "planner_sft" (warm start), "flow_dpo", "lm_dpo",
+                          "merge" (an adapter folded into `base_model`)
+        arch              what it is; for an adapter, what its base is: "part-generator"
+                          (`components` dit/ + vision/) or "qwen-vl" (a transformers Qwen-VL
+                          directory, `genalign.models.vlm`)
+        ref               kind "ref" / "partcrafter": the model reference
+        base_model        the model it was made from or sits on: a reference that resolves on
+                          another machine (tiny://, hf://, s3://, mlflow://) whenever one is
+                          known; a path only for a directory made inside a run (register-model
+                          registers that one and rewrites the reference)
+        base_model_sha256 the content hash of the base the adapter was trained on
+                          (`genalign.training.base_model`)
+        adapter_type      "lora", "dora" or "full"
+        loss              the preference loss (flow_dpo's `loss`, trl's `loss_type`)
+        iteration         the on-policy round that trained it (iterative pipelines)
+        components        sub-directories by role (part-generator: {"dit": "dit", "vision": "vision"})
+        pairs             the training pairs: counts (trained, weak_kept, weak_dropped),
+                          iterations, the pairs file's sha256
+        config, metrics   the config that made it and its final metrics
+        extra             anything else worth keeping (runtime settings, notes, the adapter a
+                          merged model folds in); never read to decide behaviour
+
+    Fields left empty are not written; an unknown field is an error on read."""
 
     kind: str
     method: str = ""
@@ -232,20 +257,25 @@ class ModelCard:
     adapter_type: str = ""
     loss: str = ""
     iteration: int | None = None
+    components: dict[str, str] = dataclasses.field(default_factory=dict)
+    pairs: dict[str, Any] = dataclasses.field(default_factory=dict)
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    KINDS = ("model", "adapter", "ref")
+    KINDS = ("model", "adapter", "ref", "partcrafter")
 
     def __post_init__(self) -> None:
         if self.kind not in self.KINDS:
             raise ArtifactError(f"model card: kind {self.kind!r}, expected one of {list(self.KINDS)}")
-        if self.kind == "ref" and not self.ref:
-            raise ArtifactError("model card: kind 'ref' needs a model reference in 'ref'")
+        if self.kind in ("ref", "partcrafter") and not self.ref:
+            raise ArtifactError(f"model card: kind {self.kind!r} needs a model reference in 'ref'")
+        if self.kind == "adapter" and not self.base_model:
+            raise ArtifactError("model card: kind 'adapter' needs its base model's reference in 'base_model'")
 
 
 def write_model_card(directory: Path, card: ModelCard) -> None:
+    """Write `card` as `directory/genalign.json` (atomically; empty fields left out)."""
     data = {k: v for k, v in dataclasses.asdict(card).items() if v not in ("", None, {}) or k == "kind"}
     atomic_write_json(Path(directory) / MODEL_CARD, data)
 
@@ -259,6 +289,8 @@ def read_model_card(directory: Path) -> ModelCard:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(data, dict) or "kind" not in data:
+        raise ArtifactError(f"{path}: expected a JSON object with a 'kind' (one of {list(ModelCard.KINDS)})")
     names = {f.name for f in dataclasses.fields(ModelCard)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -269,8 +301,18 @@ def read_model_card(directory: Path) -> ModelCard:
         raise ArtifactError(f"{path}: {e}") from None
 
 
+def has_model_card(directory: Path) -> bool:
+    """True when `directory` holds a model card that reads (a cache made with an older
+    card is rebuilt rather than used)."""
+    try:
+        read_model_card(directory)
+    except ArtifactError:
+        return False
+    return True
+
+
 __all__ = [
-    "KINDS", "MODEL_CARD", "ArtifactError", "ModelCard", "content_digest", "fingerprint", "link_or_copy",
-    "materialise", "publish", "read_conditions", "read_manifest", "read_model_card", "read_shard", "seal",
-    "sealed_result", "write_model_card",
+    "KINDS", "MODEL_CARD", "ArtifactError", "ModelCard", "content_digest", "fingerprint", "has_model_card",
+    "link_or_copy", "materialise", "publish", "read_conditions", "read_manifest", "read_model_card", "read_shard",
+    "seal", "sealed_result", "write_model_card",
 ]

@@ -19,6 +19,7 @@ from typing import Any
 from genalign.config.base import ConfigError
 from genalign.tracking import ITERATION_TAG, OUTPUT_TAG, PIPELINE_RUN_TAG, STAGE_TAG
 
+
 def finished_outputs(experiment: str, pipeline_run: str) -> list[dict[str, Any]]:
     """[{stage, iteration, outputs: {name: uri}}] of the run's succeeded stages."""
     from genalign.tracking import _client

@@ -116,7 +116,7 @@ def test_lora_trains_and_logs(lora_run):
     assert len(tracker.history("train/rewards/accuracies")) == 4
     assert len(tracker.history("train/rewards/margins")) == 4
     meta = json.loads((out / "genalign.json").read_text())
-    assert meta["method"] == "lm_dpo" and meta["loss_type"] == "sigmoid"
+    assert meta["kind"] == "adapter" and meta["method"] == "lm_dpo" and meta["loss"] == "sigmoid"
     assert meta["adapter_type"] == "lora" and meta["metrics"] == metrics
     assert not (out / "training_args.bin").exists()
     assert not list(out.parent.glob(".adapter.*"))  # staging and trainer dirs removed
@@ -159,7 +159,7 @@ def test_merged_model_matches_adapter_logits(lora_run, base_dir, data, tmp_path)
         lb = base(**batch.inputs).logits
     torch.testing.assert_close(lm, lt, rtol=0, atol=1e-4)
     assert (lt - lb).abs().max() > 1e-4  # the adapter does change the outputs
-    assert json.loads((merged_dir / "genalign.json").read_text())["kind"] == "merged"
+    assert json.loads((merged_dir / "genalign.json").read_text())["method"] == "merge"
 
 
 def test_dora_with_vision_adapters(base_dir, data, tmp_path):

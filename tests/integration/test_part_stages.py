@@ -30,18 +30,19 @@ def test_rollout_and_score_resume(prepared, tmp_path):
     cfg = {"samples_per_condition": 2, "steps": 2}
     ins = {"conditions": prepared / "cond", "model": prepared / "model"}
     first = run_stage("rollout-parts", cfg, inputs=ins, outputs={"samples": tmp_path / "s"}, params={"shard": 1, "num_shards": 2})
-    assert first.metrics["rollout/samples"] == 4 and "rollout/resumed" not in first.metrics
+    assert first.metrics["rollout/samples"] == 4 and not first.reused
     rows = read_jsonl(tmp_path / "s" / "samples.jsonl", Sample)
     assert {r.cond_id for r in rows} == {c for c in [r.cond_id for r in rows]} and len({r.seed for r in rows}) == 4
     for r in rows:
         for f in r.files.values():
             assert (tmp_path / "s" / f).is_file()
     again = run_stage("rollout-parts", cfg, inputs=ins, outputs={"samples": tmp_path / "s"}, params={"shard": 1, "num_shards": 2})
-    assert again.metrics["rollout/resumed"] == 1.0
+    assert again.reused and again.metrics == first.metrics
     scored = run_stage("score-samples", {"penetration": {"workers": 1}}, inputs={"samples": tmp_path / "s"}, outputs={"scored": tmp_path / "sc"})
     assert scored.metrics["score/samples"] == 4
-    assert run_stage("score-samples", {"penetration": {"workers": 1}}, inputs={"samples": tmp_path / "s"},
-                     outputs={"scored": tmp_path / "sc"}).metrics["score/resumed"] == 1.0
+    rescored = run_stage("score-samples", {"penetration": {"workers": 1}}, inputs={"samples": tmp_path / "s"},
+                         outputs={"scored": tmp_path / "sc"})
+    assert rescored.reused and rescored.metrics == scored.metrics
 
 
 def test_killed_score_leaves_no_half_written_output(prepared, tmp_path, monkeypatch):
@@ -129,7 +130,7 @@ def test_wrong_artifact_kind_is_named(tmp_path, prepared):
 def test_adapter_of_another_base_is_refused_before_evaluation(prepared, tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "genalign.json").write_text(json.dumps({"base_model": "elsewhere", "base_model_sha256": "0" * 64}))
+    (adapter / "genalign.json").write_text(json.dumps({"kind": "adapter", "base_model": "elsewhere", "base_model_sha256": "0" * 64}))
     (adapter / "adapter_config.json").write_text("{}")
     write_manifest(adapter, kind="adapter")
     model = prepared / "model"

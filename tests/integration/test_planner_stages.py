@@ -135,7 +135,7 @@ def test_rollout_has_k_plans_per_question_with_the_prompt(run):
     again = run_stage("rollout-planner", ROLLOUT,
                       inputs={"dataset": d / "dataset", "shards": d / "shards", "model": d / "model"},
                       outputs={"samples": d / "samples0"}, params={"iteration": 0, "subshard": 0, "num_subshards": 1})
-    assert again.summary == {"reused": True}
+    assert again.reused and again.metrics == results[0]["rollout"].metrics
 
 
 def test_executed_rows_carry_the_plan_and_its_views(run):
@@ -367,7 +367,7 @@ def test_a_round_of_ties_is_counted_and_trains_nothing_wrong(handmade, tmp_path)
                         outputs={"adapter": tmp_path / "adapter", "merged": tmp_path / "merged"})
     assert trained.metrics["train/steps"] == 0
     meta = json.loads((tmp_path / "adapter" / "genalign.json").read_text())
-    assert "no pairs" in meta["note"]
+    assert "no pairs" in meta["extra"]["note"]
     base, _ = load_vlm(planner_dir(d / "model"))
     merged, _ = load_vlm(tmp_path / "merged")
     for (name, a), (_, b) in zip(base.state_dict().items(), merged.state_dict().items()):

@@ -37,7 +37,13 @@ class PreparePartsConfig(Config):
     base_model: str = field(
         "pretrain",
         help="'pretrain' builds and pretrains the tiny generator here; otherwise a model reference "
-        "(path, s3://, mlflow://models/<name>@<alias>, hf://, tiny://part-generator)",
+        "(path, s3://, mlflow://models/<name>@<alias>, hf://, tiny://part-generator) of a generator, "
+        "a registered base (mlflow://models/<name>-base/<version>) or a registered adapter. An adapter "
+        "(e.g. the champion, mlflow://models/<name>@champion) is merged into its base here, as peft's "
+        "merge_and_unload does, and a fresh adapter is trained on the merged model: the DPO reference "
+        "and the evaluation's baseline are then the champion itself, and the new version is an adapter "
+        "over that merged base (registered as <name>-base). An alias is pinned to the version it names "
+        "when this stage runs",
     )
     pretrain: PretrainPartsConfig = field(default_factory=PretrainPartsConfig, help="pretraining of the tiny base")
 

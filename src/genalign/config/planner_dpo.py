@@ -53,7 +53,10 @@ class PreparePlannerConfig(Config):
     base_model: str = field(
         TINY_PLANNER,
         help="The planner: a model reference (path, s3://, mlflow://models/<name>@<alias>, "
-        "hf://, tiny://tiny-qwen2-vl) of a Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE.",
+        "hf://, tiny://tiny-qwen2-vl) of a Qwen2-VL, Qwen2.5-VL, Qwen3-VL or Qwen3-VL-MoE. A "
+        "registered adapter (e.g. mlflow://models/<name>@champion, without warm_start) is merged "
+        "into its base here and a fresh adapter trains on the merged planner (the reference and "
+        "the baseline are the champion); an alias is pinned to the version it names now.",
     )
     warm_start: PlannerSFTConfig | None = field(
         None,

@@ -26,16 +26,30 @@ class PenetrationConfig(Config):
         help="Cells per axis of the voxel-IoU fallback grid over a pair's joint bounding box, "
         "used when a part is not watertight or the boolean engine rejects it.",
     )
-    # Depth tells a graze from a part pushed through another; it costs one point-to-
-    # surface query per intersection vertex, so it can be switched off for speed.
+    # Depth tells a graze from a part pushed through another. For convex pairs it is a
+    # separating-axis test; other pairs take one point-to-surface query per vertex of the
+    # intersection solid, so it can be switched off for speed.
     depth: bool = field(
         True,
-        help="Also compute depth_max: the largest distance from a vertex of an intersection "
-        "solid to the surface of the part it lies inside.",
+        help="Also compute depth_max, the largest penetration depth over pairs: the minimum "
+        "translation distance of two convex parts, or for other closed parts the largest "
+        "distance from a vertex of the intersection solid to the surface of the part it "
+        "lies inside (genalign.scorers.penetration).",
     )
     # The tiny preset runs on two cores.
     workers: int = field(
-        2, help="Processes that score GLB files in parallel; 1 scores in this process."
+        2,
+        help="Most processes that score GLB files in parallel; 1 scores in this process. "
+        "More than one start only when the batch is expected to outlast their start-up "
+        "(worker_start_s).",
+    )
+    # benchmarks/penetration_broadphase.py measures it: a 2-worker spawn pool took 2.9 s
+    # to start and import the scorer on a shared 2-core machine.
+    worker_start_s: float = field(
+        3.0,
+        help="Seconds a pool of worker processes takes to start. The scorer times its first "
+        "files in this process and hands the rest to a pool only when they would take "
+        "longer than that in this process; 0 starts the pool at once.",
     )
     # The part codec never decodes a part thinner than 2 * 0.02 (MIN_HALF_EXTENT), i.e.
     # never below ~5e-5 volume; 1e-6 only catches flat or collapsed meshes, whose
@@ -58,6 +72,8 @@ class PenetrationConfig(Config):
             raise ValueError(f"voxel_resolution must be in [8, 512], got {self.voxel_resolution}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if not (math.isfinite(self.worker_start_s) and self.worker_start_s >= 0.0):
+            raise ValueError(f"worker_start_s must be >= 0 and finite, got {self.worker_start_s}")
         if not (math.isfinite(self.min_volume) and self.min_volume > 0.0):
             raise ValueError(
                 f"min_volume must be > 0 and finite (it guards a division), got {self.min_volume}"

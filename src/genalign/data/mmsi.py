@@ -174,9 +174,9 @@ DATASET_ROWS = "rows.jsonl"  # a dataset artifact's rows, in this module's forma
 def read_dataset(dataset: Path) -> list[dict[str, Any]]:
     """The rows of a dataset artifact, checked (`load_mmsi`), as plain dicts with image
     paths relative to the artifact."""
-    from genalign.storage import read_manifest
+    from genalign.artifacts import DATASET, read_manifest
 
-    read_manifest(dataset, "dataset")
+    read_manifest(dataset, DATASET)
     data = load_mmsi(Path(dataset) / DATASET_ROWS)
     if data.skipped:  # prepare leaves out rows with missing images; any now missing is damage
         raise FileNotFoundError(f"{Path(dataset) / DATASET_ROWS}: images missing: "

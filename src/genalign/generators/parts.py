@@ -3,14 +3,15 @@ encoder, sampled with Euler steps of the flow ODE and classifier-free guidance.
 
 A generator directory holds
 
-    genalign.json   {"kind": "part-generator", "dit": "dit", "vision": "vision"}
+    genalign.json   model card: kind "model", arch "part-generator",
+                    components {"dit": "dit", "vision": "vision"}
     dit/            PartDiT.save_pretrained
     vision/         a Dinov2Model + preprocessor_config.json (genalign.models.vision)
 
 (`genalign.models.part_generator.build_tiny_generator` writes a random-init one.)
-`generator_from_ref` opens such a directory, or a PartCrafter checkpoint (see
-`genalign.generators.partcrafter`), behind one interface: `encode_images`, `sample`,
-`decode`.
+`generator_from_ref` opens such a directory, an adapter directory over one (its card's
+`base_model` resolved), or a PartCrafter checkpoint (see `genalign.generators.partcrafter`),
+behind one interface: `encode_images`, `sample`, `decode`.
 
 Sampling (PartCrafter's convention, t = 1 is noise): x_t = (1 - t) x0 + t eps, the DiT
 predicts u = x0 - eps, and an Euler step from t to t - dt is x_{t-dt} = x_t + dt * u.
@@ -20,7 +21,6 @@ With guidance g, u = u(zeros) + g * (u(cond) - u(zeros)), both halves in one bat
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genalign.artifacts import MODEL, ModelCard, read_model_card
 from genalign.config.part_dit import PartDiTConfig
 from genalign.models.part_dit import PartDiT
 from genalign.models.part_generator import KIND, META_NAME
@@ -39,14 +40,12 @@ if TYPE_CHECKING:
     import trimesh
 
 
-def read_meta(model_dir: Path) -> dict:
+def read_meta(model_dir: Path) -> ModelCard:
+    """The model card of a generator directory (`genalign.artifacts.read_model_card`)."""
     path = Path(model_dir) / META_NAME
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; not a generator directory")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path}: invalid JSON ({e})") from e
+    return read_model_card(model_dir)
 
 
 class PartGenerator:
@@ -67,12 +66,14 @@ class PartGenerator:
     ) -> PartGenerator:
         """Open a generator directory; with `adapter_dir`, wrap the DiT in that peft adapter."""
         model_dir = Path(model_dir)
-        meta = read_meta(model_dir)
-        if meta.get("kind") != KIND:
+        card = read_meta(model_dir)
+        if card.kind != "model" or card.arch != KIND:
             raise ArtifactError(
-                f"{model_dir / META_NAME}: kind is {meta.get('kind')!r}, expected {KIND!r}"
+                f"{model_dir / META_NAME}: kind {card.kind!r} arch {card.arch!r}, expected a "
+                f"'model' of arch {KIND!r}"
             )
-        dit: torch.nn.Module = PartDiT.from_pretrained(model_dir / meta["dit"])
+        parts = {"dit": "dit", "vision": "vision", **card.components}
+        dit: torch.nn.Module = PartDiT.from_pretrained(model_dir / parts["dit"])
         if adapter_dir is not None:
             from peft import PeftModel
 
@@ -82,7 +83,7 @@ class PartGenerator:
                     f"{adapter_dir}: no adapter_config.json; not a peft adapter directory"
                 )
             dit = PeftModel.from_pretrained(dit, adapter_dir)
-        vision = VisionEncoder.from_pretrained(model_dir / meta["vision"], device=device)
+        vision = VisionEncoder.from_pretrained(model_dir / parts["vision"], device=device)
         return cls(dit, vision, device=device)
 
     def encode_images(self, images: list[np.ndarray]) -> Tensor:
@@ -153,33 +154,66 @@ class PartGenerator:
 
 
 def generator_from_ref(model_dir: Path, adapter_dir: Path | None = None):
-    """The generator in `model_dir`, by the kind in its genalign.json.
+    """The generator in `model_dir`, by its model card.
 
-    Kinds: "part-generator" (this module) and "partcrafter" ({"kind": "partcrafter",
-    "ref": <model reference of a PartCrafter checkpoint>}). A directory without
-    genalign.json that holds a diffusers `model_index.json` of a PartCrafterPipeline
-    (a snapshot of wgsxm/PartCrafter) opens as PartCrafter too.
+    Cards: kind "model" of arch "part-generator" (this module); kind "partcrafter" (`ref`:
+    the model reference of a PartCrafter checkpoint); kind "adapter" (a registered or
+    trained adapter: its `base_model` is resolved and the adapter put on it; `adapter_dir`
+    must then be None); kind "ref" (resolved first). A directory without genalign.json
+    that holds a diffusers `model_index.json` of a PartCrafterPipeline (a snapshot of
+    wgsxm/PartCrafter) opens as PartCrafter too.
     """
     from genalign.generators.partcrafter import PartCrafterGenerator, is_partcrafter_checkpoint
 
     model_dir = Path(model_dir)
     if not (model_dir / META_NAME).is_file() and is_partcrafter_checkpoint(model_dir):
         return PartCrafterGenerator.load(model_dir, adapter_dir)
-    meta = read_meta(model_dir)
-    kind = meta.get("kind")
-    if kind == KIND:
+    card = read_meta(model_dir)
+    if card.kind in ("ref", "adapter"):
+        from genalign.models.refs import base_and_adapter
+
+        base, own_adapter = base_and_adapter(model_dir)
+        if own_adapter is not None and adapter_dir is not None:
+            raise ArtifactError(f"{model_dir}: an adapter directory; pass its base as the model to add {adapter_dir}")
+        return generator_from_ref(base, adapter_dir=own_adapter or adapter_dir)
+    if card.kind == "model" and card.arch == KIND:
         return PartGenerator.load(model_dir, adapter_dir)
-    if kind == "partcrafter":
+    if card.kind == "partcrafter":
         from genalign.models.refs import resolve
 
-        if "ref" not in meta:
-            raise ArtifactError(
-                f"{model_dir / META_NAME}: kind 'partcrafter' needs a 'ref' to the checkpoint"
-            )
-        return PartCrafterGenerator.load(resolve(meta["ref"]), adapter_dir)
+        return PartCrafterGenerator.load(resolve(card.ref), adapter_dir)
     raise ArtifactError(
-        f"{model_dir / META_NAME}: unknown generator kind {kind!r}; valid kinds: [{KIND!r}, 'partcrafter']"
+        f"{model_dir / META_NAME}: kind {card.kind!r} arch {card.arch!r} is not a part generator; expected "
+        f"a 'model' of arch {KIND!r}, a 'partcrafter' or an 'adapter' over one"
     )
+
+
+def save_merged(adapter: Path, out: Path, *, base_model: str) -> None:
+    """Fold the adapter directory `adapter` (kind "adapter" over a part generator) into its
+    base and write the result as a generator directory into `out`: the merged DiT, the
+    base's image encoder, and a card (method "merge") whose `base_model` is `base_model`,
+    the reference the adapter was reached by."""
+    import shutil
+
+    from genalign.artifacts import write_model_card
+    from genalign.models.part_generator import COMPONENTS
+    from genalign.models.refs import base_and_adapter
+
+    base, adapter_dir = base_and_adapter(adapter)
+    if adapter_dir is None:
+        raise ArtifactError(f"{adapter}: not an adapter directory")
+    gen = generator_from_ref(base, adapter_dir=adapter_dir)
+    if not isinstance(gen, PartGenerator):
+        raise ArtifactError(f"{adapter}: only adapters over a {KIND!r} model can be merged here")
+    out = Path(out)
+    gen.dit.merge_and_unload().save_pretrained(out / COMPONENTS["dit"])
+    card = read_meta(base)
+    shutil.copytree(base / {"vision": "vision", **card.components}["vision"], out / COMPONENTS["vision"])
+    adapter_card = read_meta(adapter_dir)
+    write_model_card(out, ModelCard(
+        kind=MODEL, arch=KIND, method="merge", base_model=base_model, components=dict(COMPONENTS),
+        extra={"adapter_base_model": adapter_card.base_model, "adapter_method": adapter_card.method},
+    ))
 
 
 def load_generator(model: Path, adapter_dir: Path | None = None):

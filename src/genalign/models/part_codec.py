@@ -252,3 +252,114 @@ def load_glb(path: Path) -> list[trimesh.Trimesh]:
     if order != list(range(len(order))) or not order:
         raise ValueError(f"{path}: expected nodes part_00..part_NN without gaps, got {order}")
     return [mesh for _, mesh in indexed]
+
+
+# Binary glTF 2.0 (https://registry.khronos.org/glTF/specs/2.0/glTF-2.0.html#glb-file-format-specification):
+# a 12-byte header (magic, version, length), then chunks of (length, type, data).
+_GLB_MAGIC = 0x46546C67  # "glTF"
+_CHUNK_JSON = 0x4E4F534A  # "JSON"
+_CHUNK_BIN = 0x004E4942  # "BIN\0"
+_INDEX_TYPES = {5121: "<u1", 5123: "<u2", 5125: "<u4"}  # accessor componentType
+_FLOAT = 5126
+# Node keys that leave the node's transform the identity (no matrix, TRS or children).
+_PLAIN_NODE = {"name", "mesh", "extras"}
+
+
+def read_glb_parts(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(vertices [V, 3] float64, faces [M, 3] int64) of each part of a GLB, in part order.
+
+    The arrays `load_glb` gives, read straight from the file for the layout `save_glb`
+    writes (one node per part, no transforms, one indexed triangle primitive per mesh);
+    any other layout is read through `load_glb`. Raises OSError when the file cannot be
+    opened and ValueError, naming the file, when it is not a GLB of parts.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    doc, blob = _glb_chunks(data, path)
+    try:
+        nodes = [doc["nodes"][i] for i in doc["scenes"][doc.get("scene", 0)]["nodes"]]
+        plain = len(nodes) == len(doc["nodes"]) and all(_plain_node(doc, node) for node in nodes)
+    except (KeyError, IndexError, TypeError) as e:
+        raise ValueError(f"{path}: cannot read GLB: malformed glTF JSON ({type(e).__name__}: {e})") from e
+    if not plain:
+        return [(np.asarray(m.vertices, dtype=np.float64), np.asarray(m.faces, dtype=np.int64)) for m in load_glb(path)]
+    indexed = []
+    for node in nodes:
+        match = _NODE_RE.match(str(node.get("name", "")))
+        if match is None:
+            raise ValueError(f"{path}: node {node.get('name')!r} is not named part_NN")
+        primitive = doc["meshes"][node["mesh"]]["primitives"][0]
+        vertices = _accessor(doc, blob, primitive["attributes"]["POSITION"], path).astype(np.float64)
+        faces = _accessor(doc, blob, primitive["indices"], path).astype(np.int64)
+        if vertices.shape[1:] != (3,) or faces.size % 3:
+            raise ValueError(f"{path}: part {node['name']}: positions must be VEC3 and indices whole triangles")
+        indexed.append((int(match.group(1)), (vertices, faces.reshape(-1, 3))))
+    indexed.sort(key=lambda x: x[0])
+    order = [i for i, _ in indexed]
+    if order != list(range(len(order))) or not order:
+        raise ValueError(f"{path}: expected nodes part_00..part_NN without gaps, got {order}")
+    return [arrays for _, arrays in indexed]
+
+
+def _glb_chunks(data: bytes, path: Path) -> tuple[dict[str, Any], bytes]:
+    """The JSON document and the binary chunk of a GLB file."""
+    import json
+    import struct
+
+    if len(data) < 20:
+        raise ValueError(f"{path}: cannot read GLB: {len(data)} bytes is shorter than a GLB header")
+    magic, version, length = struct.unpack_from("<III", data, 0)
+    if magic != _GLB_MAGIC or version != 2:
+        raise ValueError(f"{path}: cannot read GLB: not a binary glTF 2.0 file (magic {data[:4]!r}, version {version})")
+    if length != len(data):
+        raise ValueError(f"{path}: cannot read GLB: header says {length} bytes, file has {len(data)} (truncated?)")
+    chunks, offset = {}, 12
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack_from("<II", data, offset)
+        if offset + 8 + size > len(data):
+            raise ValueError(f"{path}: cannot read GLB: a chunk runs past the end of the file (truncated?)")
+        chunks.setdefault(kind, data[offset + 8 : offset + 8 + size])
+        offset += 8 + size
+    if _CHUNK_JSON not in chunks:
+        raise ValueError(f"{path}: cannot read GLB: no JSON chunk")
+    try:
+        doc = json.loads(chunks[_CHUNK_JSON])
+    except ValueError as e:
+        raise ValueError(f"{path}: cannot read GLB: its JSON chunk does not parse: {e}") from e
+    return doc, chunks.get(_CHUNK_BIN, b"")
+
+
+def _plain_node(doc: dict[str, Any], node: dict[str, Any]) -> bool:
+    """A node as `save_glb` writes it: a mesh, no transform, one indexed triangle list of
+    tightly packed float32 positions."""
+    if not set(node) <= _PLAIN_NODE or "mesh" not in node:
+        return False
+    primitives = doc["meshes"][node["mesh"]]["primitives"]
+    if len(primitives) != 1 or primitives[0].get("mode", 4) != 4 or "indices" not in primitives[0]:
+        return False
+    position = doc["accessors"][primitives[0]["attributes"]["POSITION"]]
+    index = doc["accessors"][primitives[0]["indices"]]
+    return (
+        position.get("componentType") == _FLOAT and position.get("type") == "VEC3"
+        and index.get("componentType") in _INDEX_TYPES and index.get("type") == "SCALAR"
+        and not any("sparse" in a or a.get("normalized") for a in (position, index))
+        and all(doc["bufferViews"][a["bufferView"]].get("byteStride") in (None, 12 if a is position else None)
+                for a in (position, index))
+    )
+
+
+def _accessor(doc: dict[str, Any], blob: bytes, index: int, path: Path) -> np.ndarray:
+    """An accessor's data: [count, 3] for VEC3, [count] for SCALAR."""
+    accessor = doc["accessors"][index]
+    view = doc["bufferViews"][accessor["bufferView"]]
+    if view.get("buffer", 0) != 0:
+        raise ValueError(f"{path}: cannot read GLB: accessor {index} is not in the binary chunk")
+    dtype = "<f4" if accessor["componentType"] == _FLOAT else _INDEX_TYPES[accessor["componentType"]]
+    width = 3 if accessor["type"] == "VEC3" else 1
+    count = int(accessor["count"])
+    start = int(view.get("byteOffset", 0)) + int(accessor.get("byteOffset", 0))
+    nbytes = count * width * np.dtype(dtype).itemsize
+    if start + nbytes > int(view.get("byteOffset", 0)) + int(view["byteLength"]) or start + nbytes > len(blob):
+        raise ValueError(f"{path}: cannot read GLB: accessor {index} runs past its buffer (truncated?)")
+    values = np.frombuffer(blob, dtype=dtype, count=count * width, offset=start)
+    return values.reshape(count, 3) if width == 3 else values

@@ -2,7 +2,8 @@
 
 A generator directory holds
 
-    genalign.json   {"kind": "part-generator", "dit": "dit", "vision": "vision"}
+    genalign.json   the model card (`genalign.artifacts.ModelCard`): kind "model",
+                    arch "part-generator", components {"dit": "dit", "vision": "vision"}
     dit/            PartDiT.save_pretrained
     vision/         a Dinov2Model + preprocessor_config.json (genalign.models.vision)
 
@@ -19,13 +20,15 @@ from pathlib import Path
 
 import torch
 
+from genalign.artifacts import MODEL_CARD, ModelCard, write_model_card
 from genalign.config.part_dit import PartDiTConfig
 from genalign.models.part_dit import PartDiT
 from genalign.models.vision import VisionEncoder, build_tiny_vision
-from genalign.storage import atomic_write_json
 
-META_NAME = "genalign.json"
+META_NAME = MODEL_CARD
+# The card's `arch` of a generator directory (and of an adapter over one).
 KIND = "part-generator"
+COMPONENTS = {"dit": "dit", "vision": "vision"}
 
 
 def build_tiny_generator(out: Path, seed: int = 0, *, image_size: int = 32) -> Path:
@@ -37,5 +40,6 @@ def build_tiny_generator(out: Path, seed: int = 0, *, image_size: int = 32) -> P
         torch.manual_seed(seed)
         dit = PartDiT(PartDiTConfig(cond_dim=cond_dim))
     dit.save_pretrained(out / "dit")
-    atomic_write_json(out / META_NAME, {"kind": KIND, "dit": "dit", "vision": "vision"})
+    write_model_card(out, ModelCard(kind="model", arch=KIND, method="random_init", components=dict(COMPONENTS),
+                                    config={"seed": seed, "image_size": image_size}))
     return out

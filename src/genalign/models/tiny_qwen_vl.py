@@ -20,7 +20,8 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from genalign.storage import atomic_dir, atomic_write_json
+from genalign.artifacts import MODEL, ModelCard, write_model_card
+from genalign.storage import atomic_dir
 
 # Qwen2-VL's added tokens, in the order of its tokenizer (ids 151643.. there; 0.. here).
 SPECIAL_TOKENS = (
@@ -298,8 +299,13 @@ def build_tiny_qwen2_vl(
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        atomic_write_json(
-            tmp / "genalign.json",
-            {"kind": "tiny-qwen2-vl", "seed": seed, "vocab_texts": len(vocab_texts or [])},
+        write_model_card(
+            tmp,
+            ModelCard(
+                kind=MODEL,
+                arch="qwen-vl",
+                method="random_init",
+                config={"builder": "tiny-qwen2-vl", "seed": seed, "vocab_texts": len(vocab_texts or [])},
+            ),
         )
     return out_dir

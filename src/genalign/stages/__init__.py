@@ -81,9 +81,19 @@ def _where(value: Any) -> tuple[str, str]:
 
 
 def _encode(result: StageResult) -> dict[str, Any]:
-    """The result as strict JSON: a non-finite metric is stored as its name ("nan")."""
-    metrics = {k: (v if math.isfinite(v) else str(v)) for k, v in result.metrics.items()}
-    return {"metrics": metrics, "summary": json.loads(json.dumps(result.summary, default=str))}
+    """The result as strict JSON: a non-finite number is stored as its name ("nan",
+    "inf"), which `float` reads back for the metrics."""
+    def finite(obj: Any) -> Any:
+        if isinstance(obj, float) and not math.isfinite(obj):
+            return str(obj)
+        if isinstance(obj, dict):
+            return {str(k): finite(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [finite(v) for v in obj]
+        return obj
+
+    summary = finite(json.loads(json.dumps(result.summary, default=str)))
+    return {"metrics": finite(dict(result.metrics)), "summary": summary}
 
 
 def _decode(stored: dict[str, Any]) -> StageResult:
@@ -159,7 +169,7 @@ def run_stage(
         tracker.log_params(flatten(cfg.to_dict()))
         try:
             _fail_if_asked(name, params, tags)
-            fingerprint = artifacts.fingerprint(name, cfg.to_dict(), params, local_in)
+            fingerprint = artifacts.fingerprint(name, _pinned(cfg.to_dict()), params, local_in)
             stored = artifacts.sealed_result(local_out, fingerprint) if rank == 0 else None
             if stored is not None:
                 result = _decode(stored)
@@ -194,6 +204,21 @@ def run_stage(
         for key, value in result.metrics.items():
             metrics_output.log_metric(key, value)
     return result
+
+
+def _pinned(config: Any) -> Any:
+    """The config as the fingerprint sees it: an MLflow alias (`mlflow://models/m@champion`)
+    is replaced by the version it names now, so outputs made from the old champion are not
+    reused after the alias moved."""
+    if isinstance(config, dict):
+        return {k: _pinned(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_pinned(v) for v in config]
+    if isinstance(config, str) and config.startswith("mlflow://models/") and "@" in config:
+        from genalign.models.refs import pin
+
+        return pin(config)
+    return config
 
 
 def _check_names(stage: Stage, inputs: dict[str, Any], outputs: dict[str, Any], params: dict[str, Any]) -> None:

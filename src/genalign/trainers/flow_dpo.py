@@ -47,16 +47,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from genalign.artifacts import ADAPTER, ModelCard, write_model_card
 from genalign.config.flow_dpo import RESUMABLE_FIELDS, FlowDPOConfig
 from genalign.losses import PREFERENCE_LOSS_EXTRA_INPUTS, get_preference_loss
 from genalign.losses.diffusion_dpo import masked_mse
 from genalign.losses.timesteps import flow_interpolate, flow_target, sample_timesteps
 from genalign.models.part_dit import CONFIG_NAME, WEIGHTS_NAME, PartDiT
-from genalign.storage import ArtifactError, atomic_write_json
+from genalign.storage import ArtifactError
 from genalign.tracking import Tracker
 from genalign.training import base_model, checkpoints
 from genalign.training.adapters import attach_adapter, lora_config, reference_mode, save_adapter_dir
-from genalign.training.base_model import GENALIGN_JSON
 from genalign.training.checkpoints import latest_checkpoint
 from genalign.training.seeds import derive_seed
 
@@ -530,17 +530,18 @@ class FlowDPOTrainer:
     def save(self, metrics: dict[str, float]) -> None:
         """Write the peft adapter into out_dir, then genalign.json last (marks it complete)."""
         save_adapter_dir(self.model, self.out_dir)
-        atomic_write_json(
-            self.out_dir / GENALIGN_JSON,
-            {
-                "base_model": self.base_model_ref,
-                "base_model_sha256": self.base_sha256,
-                "method": METHOD,
-                "loss": self.cfg.loss,
-                "adapter_type": self.cfg.adapter,
-                "metrics": metrics,
-                "config": self.cfg.to_dict(),
-            },
+        write_model_card(
+            self.out_dir,
+            ModelCard(
+                kind=ADAPTER,
+                base_model=self.base_model_ref,
+                base_model_sha256=self.base_sha256,
+                method=METHOD,
+                loss=self.cfg.loss,
+                adapter_type=self.cfg.adapter,
+                metrics=metrics,
+                config=self.cfg.to_dict(),
+            ),
         )
 
     def cleanup(self) -> None:

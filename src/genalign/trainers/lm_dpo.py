@@ -40,8 +40,9 @@ the base model or on the full model:
 Layout written under `out_dir` (adapter runs):
 
     adapter_config.json, adapter_model.safetensors   peft adapter (lora_* tensors only)
-    genalign.json   {base_model, method: "lm_dpo", loss_type, adapter_type, metrics, config,
-                     pairs: {...counts}}
+    genalign.json   model card (`genalign.artifacts.ModelCard`): kind "adapter" ("model" for
+                    full fine-tuning), arch "qwen-vl", base_model, method "lm_dpo", loss
+                    (trl's loss_type), adapter_type, metrics, config, pairs: {...counts}
 
 and for full fine-tuning the model's config.json + safetensors and the processor files,
 loadable with `genalign.models.vlm.load_vlm(out_dir)`. `merge_adapter` folds an adapter
@@ -71,6 +72,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from genalign.artifacts import MODEL, ModelCard, read_model_card, write_model_card
 from genalign.config.lm_dpo import ALL_LINEAR, PARTS, LMDPOConfig
 from genalign.data.planner_pairs import (
     PlannerPair,
@@ -80,7 +82,7 @@ from genalign.data.planner_pairs import (
     weight_weak_pairs,
 )
 from genalign.records import Pair
-from genalign.storage import ArtifactError, atomic_dir, atomic_write_json
+from genalign.storage import ArtifactError, atomic_dir
 from genalign.tracking import NullTracker, Tracker
 from genalign.training.adapters import lora_config
 from genalign.training.base_model import GENALIGN_JSON
@@ -386,18 +388,20 @@ def train_lm_dpo(
             for f in staging.iterdir():
                 if f.name not in DROPPED_FILES:
                     shutil.move(str(f), tmp / f.name)
-            atomic_write_json(
-                tmp / GENALIGN_JSON,
-                {
-                    "base_model": base_model_ref or str(base_model_dir),
-                    "method": METHOD,
-                    "loss_type": cfg.loss_type,
-                    "adapter_type": cfg.adapter,
-                    "metrics": metrics,
-                    "config": cfg.to_dict(),
-                    "pairs": {"trained": len(pairs), **counts},
-                    "runtime": {"bf16": bf16, "deepspeed": cfg.deepspeed if ds_path else None},
-                },
+            write_model_card(
+                tmp,
+                ModelCard(
+                    kind=MODEL if cfg.adapter == "full" else "adapter",
+                    arch="qwen-vl",
+                    base_model=base_model_ref or str(base_model_dir),
+                    method=METHOD,
+                    loss=cfg.loss_type,
+                    adapter_type=cfg.adapter,
+                    metrics=metrics,
+                    config=cfg.to_dict(),
+                    pairs={"trained": len(pairs), **counts},
+                    extra={"runtime": {"bf16": bf16, "deepspeed": cfg.deepspeed if ds_path else None}},
+                ),
             )
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(args.output_dir, ignore_errors=True)
@@ -420,9 +424,15 @@ def merge_adapter(base_model_dir: Path | str, adapter_dir: Path | str, out_dir: 
     with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        atomic_write_json(
-            tmp / GENALIGN_JSON,
-            {"kind": "merged", "base_model": str(base_model_dir), "adapter": str(adapter_dir)},
+        write_model_card(
+            tmp,
+            ModelCard(
+                kind=MODEL,
+                arch="qwen-vl",
+                method="merge",
+                base_model=str(base_model_dir),
+                extra={"adapter": str(adapter_dir)},
+            ),
         )
     return out_dir
 
@@ -476,7 +486,7 @@ def launch_lm_dpo(
         meta = out_dir / GENALIGN_JSON
         if not meta.is_file():
             raise ArtifactError(f"{meta}: missing after a successful {processes}-process run")
-        return {k: float(v) for k, v in json.loads(meta.read_text())["metrics"].items()}
+        return {k: float(v) for k, v in read_model_card(out_dir).metrics.items()}
 
     return launch(
         processes,

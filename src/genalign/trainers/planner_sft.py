@@ -24,10 +24,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from genalign.artifacts import ModelCard, write_model_card
 from genalign.config.planner import PlannerSFTConfig
 from genalign.data.scene_views import instruction_vocabulary
 from genalign.generators.plan_format import format_plan
-from genalign.storage import atomic_dir, atomic_write_json
+from genalign.storage import atomic_dir
 from genalign.tracking import Tracker
 
 
@@ -145,6 +146,6 @@ def train_planner_sft(
     with atomic_dir(Path(out_dir)) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        atomic_write_json(tmp / "genalign.json", {"kind": "planner-sft", "base_model": str(model_dir),
-                                                  "metrics": metrics, "config": cfg.to_dict()})
+        write_model_card(tmp, ModelCard(kind="model", arch="qwen-vl", method="planner_sft", base_model=str(model_dir),
+                                        metrics=metrics, config=cfg.to_dict()))
     return metrics

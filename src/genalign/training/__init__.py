@@ -10,6 +10,8 @@
     seeds         `derive_seed(*parts)`: a seed derived from named parts by a stable hash
     schedules     learning-rate multipliers (linear warmup, cosine decay)
     ema           an exponential moving average of parameters, with decay warm-up
+    numerics      what besides config and seeds decides trained weights on a CPU (the
+                  torch thread count), for cache keys
 
 This package's `__init__` imports nothing: `import genalign.training` stays cheap, and
 torch, peft and transformers are imported by the modules (or inside their functions)

@@ -13,14 +13,14 @@ the bytes of the files only, not on where the directory lives.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from genalign.artifacts import MODEL_CARD, read_model_card
 from genalign.storage import ArtifactError, sha256_file
 
 # The model card an adapter (or model) directory carries beside its weights.
-GENALIGN_JSON = "genalign.json"
+GENALIGN_JSON = MODEL_CARD
 
 
 def model_dir_sha256(
@@ -61,14 +61,14 @@ def check_adapter_base(
     meta_path = adapter_dir / GENALIGN_JSON
     if not meta_path.is_file():
         raise ArtifactError(f"{adapter_dir}: not a genalign adapter (no {GENALIGN_JSON})")
-    meta = json.loads(meta_path.read_text())
-    if "base_model_sha256" not in meta:
+    card = read_model_card(adapter_dir)
+    if not card.base_model_sha256:
         raise ArtifactError(f"{meta_path}: no base_model_sha256 recorded")
-    expected = meta["base_model_sha256"]
+    expected = card.base_model_sha256
     actual = model_dir_sha256(base_model_dir, files, kind=kind)
     if expected != actual:
         raise ArtifactError(
-            f"adapter {adapter_dir} was trained on base model {meta.get('base_model')!r} "
+            f"adapter {adapter_dir} was trained on base model {card.base_model!r} "
             f"(sha256 {expected[:16]}...), but base model {base_model_dir} has sha256 "
             f"{actual[:16]}..."
         )

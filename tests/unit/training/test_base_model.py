@@ -63,7 +63,7 @@ def test_missing_file_is_named(model_dir, tmp_path):
 def _adapter(tmp_path, meta):
     d = tmp_path / "adapter"
     d.mkdir(exist_ok=True)
-    (d / GENALIGN_JSON).write_text(json.dumps(meta))
+    (d / GENALIGN_JSON).write_text(json.dumps({"kind": "adapter", **meta}))
     return d
 
 

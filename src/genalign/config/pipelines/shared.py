@@ -21,6 +21,7 @@ ACCUMULATE_PAIRS = Stage(
 )
 REGISTER_MODEL = Stage(
     "register-model", "genalign.stages.shared.register_model", "genalign.config.register:RegisterModelConfig",
-    inputs={"adapter": "adapter", "report": "report", "pairs": "pairs"}, outputs={"registration": "registration"},
+    inputs={"adapter": "adapter", "report": "report", "pairs": "pairs", "model": "model"},
+    outputs={"registration": "registration"}, optional=("model",),
     help="the trained adapter as an MLflow model version with lineage; candidate, and champion past the gate",
 )

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from statistics import fmean
 
+from genalign.artifacts import REPORT
 from genalign.config.part_dpo import EvaluatePartsConfig
 from genalign.evaluation.contract import Gate, MetricSpec, gate, write_report
 from genalign.records import Condition
@@ -113,10 +114,11 @@ def run(cfg: EvaluatePartsConfig, *, model: Path, adapter: Path, conditions: Pat
         tracker: Tracker) -> StageResult:
     from genalign.artifacts import read_conditions
     from genalign.generators.parts import load_generator
+    from genalign.models.refs import model_dir
     from genalign.trainers.flow_dpo import check_adapter_base
 
     conds = read_conditions(conditions)
-    check_adapter_base(adapter, model / "dit")
+    check_adapter_base(adapter, model_dir(model) / "dit")  # the model artifact may be a reference
 
     with atomic_dir(report) as tmp:
         base_rows = measure(load_generator(model), conds, conditions, cfg, tmp, "base")
@@ -124,7 +126,7 @@ def run(cfg: EvaluatePartsConfig, *, model: Path, adapter: Path, conditions: Pat
         specs = metric_specs(cfg)
         decision = gate(specs, *compare(base_rows, tuned_rows, cfg))
         metrics = _write_report(tmp, cfg, specs, decision, base_rows, tuned_rows, tracker)
-        write_manifest(tmp, kind="report", config=cfg.to_dict(),
+        write_manifest(tmp, kind=REPORT, config=cfg.to_dict(),
                        inputs={"model": str(model), "adapter": str(adapter), "conditions": str(conditions)},
                        counts={"conditions": len(conds), "samples": len(base_rows)},
                        hash_files=["report.json"])

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from genalign.artifacts import link_or_copy, read_conditions
+from genalign.artifacts import SAMPLES, link_or_copy, read_conditions
 from genalign.config.part_dpo import RolloutPartsConfig
 from genalign.records import Sample, write_jsonl
 from genalign.stages import StageResult
@@ -76,7 +76,7 @@ def run(
                 ))
         write_jsonl(tmp / "samples.jsonl", rows)
         write_manifest(
-            tmp, kind="samples", config=cfg.to_dict(), inputs={"conditions": str(conditions), "model": str(model)},
+            tmp, kind=SAMPLES, config=cfg.to_dict(), inputs={"conditions": str(conditions), "model": str(model)},
             counts={"conditions": len(mine), "samples": len(rows), "failed": failed},
             hash_files=["samples.jsonl"], extra={"shard": shard, "num_shards": num_shards},
         )

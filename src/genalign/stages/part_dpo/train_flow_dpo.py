@@ -9,10 +9,11 @@ adapter artifact itself appears only when training completes.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
-from genalign.artifacts import fingerprint
+from genalign.artifacts import ADAPTER, PAIRS, fingerprint
 from genalign.config.flow_dpo import TrainFlowDPOConfig
 from genalign.records import Pair, ScoredSample, read_jsonl
 from genalign.stages import StageResult
@@ -22,7 +23,7 @@ from genalign.tracking import Tracker
 
 def pair_files(pairs_dir: Path) -> list[dict[str, Path]]:
     """The chosen/rejected latent and conditioning files of every pair, in file order."""
-    read_manifest(pairs_dir, "pairs")
+    read_manifest(pairs_dir, PAIRS)
     pairs = read_jsonl(pairs_dir / "pairs.jsonl", Pair)
     samples = {s.sample_id: s for s in read_jsonl(pairs_dir / "samples.jsonl", ScoredSample)}
     items = []
@@ -41,25 +42,36 @@ def pair_files(pairs_dir: Path) -> list[dict[str, Path]]:
 
 def run(cfg: TrainFlowDPOConfig, *, model: Path, pairs: Path, adapter: Path, tracker: Tracker) -> StageResult:
 
+    from genalign.artifacts import read_model_card, write_model_card
     from genalign.models.part_codec import MAX_PARTS
-    from genalign.models.refs import cache_dir
+    from genalign.models.part_generator import KIND
+    from genalign.models.refs import artifact_ref, cache_dir, model_dir
     from genalign.trainers.flow_dpo import load_pair_tensors, train_flow_dpo
+    from genalign.training.numerics import numerics_key
 
     # Checkpoints of an interrupted run live under the inputs' fingerprint: a re-run
-    # with the same config and inputs resumes from them.
-    fp = fingerprint("train-flow-dpo", cfg.to_dict(), {}, {"model": model, "pairs": pairs})
+    # with the same config, inputs and torch thread count resumes from them (another
+    # thread count would continue from weights it does not compute itself).
+    fp = fingerprint("train-flow-dpo", cfg.to_dict(), numerics_key(), {"model": model, "pairs": pairs})
     tensors = load_pair_tensors(pair_files(pairs), max_parts=MAX_PARTS)
     work = cache_dir() / "train" / fp
+    # The model artifact may be a reference (tiny://, mlflow://, s3://, hf://, a path):
+    # trained on what it resolves to, recorded as the reference itself.
     metrics = train_flow_dpo(
-        cfg, base_model_dir=model / "dit", pairs=tensors, out_dir=work, tracker=tracker,
-        resume=True, base_model_ref=str(model),
+        cfg, base_model_dir=model_dir(model) / "dit", pairs=tensors, out_dir=work, tracker=tracker,
+        resume=True, base_model_ref=artifact_ref(model),
     )
     with atomic_dir(adapter) as tmp:
         for path in work.iterdir():
             if path.name != "checkpoints":
                 (shutil.copytree if path.is_dir() else shutil.copy2)(path, tmp / path.name)
+        hashes = read_manifest(pairs, PAIRS).get("hashes", {})
+        write_model_card(tmp, dataclasses.replace(  # an adapter over a part generator
+            read_model_card(tmp), arch=KIND,
+            pairs={"trained": len(tensors.part_mask), "sha256": hashes.get("pairs.jsonl", "")},
+        ))
         write_manifest(
-            tmp, kind="adapter", config=cfg.to_dict(), inputs={"model": str(model), "pairs": str(pairs)},
+            tmp, kind=ADAPTER, config=cfg.to_dict(), inputs={"model": str(model), "pairs": str(pairs)},
             counts={"pairs": len(tensors.part_mask)},
         )
     shutil.rmtree(work, ignore_errors=True)

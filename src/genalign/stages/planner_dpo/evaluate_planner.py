@@ -33,6 +33,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from genalign.artifacts import PAIRS, REPORT
 from genalign.config.planner_dpo import EvaluatePlannerConfig
 from genalign.data.mmsi import read_dataset
 from genalign.evaluation.contract import MetricSpec, Section, gate, write_report
@@ -156,7 +157,7 @@ def run(cfg: EvaluatePlannerConfig, *, model: Path, eval_dataset: Path, history:
                          f"{'no history (it is the base)' if history is not None else 'the previous report as history'}")
     previous = []
     if history is not None:
-        read_manifest(history, "report")
+        read_manifest(history, REPORT)
         previous = json.loads((history / "report.json").read_text())["history"]
     questions = read_dataset(eval_dataset)
     start = time.perf_counter()
@@ -190,7 +191,7 @@ def run(cfg: EvaluatePlannerConfig, *, model: Path, eval_dataset: Path, history:
             data={"iteration": iteration, "history": full, "summary": summary},
         )
         table = (tmp / "table.txt").read_text().rstrip("\n")
-        write_manifest(tmp, kind="report", config=cfg.to_dict(), counts=counts, hash_files=["report.json", "rows.jsonl"],
+        write_manifest(tmp, kind=REPORT, config=cfg.to_dict(), counts=counts, hash_files=["report.json", "rows.jsonl"],
                        inputs={"model": str(model), "eval_dataset": str(eval_dataset)},
                        extra={"iteration": iteration})
     print(table)
@@ -204,12 +205,14 @@ def _summary(iteration: int, entry: dict, pairs: Path | None, adapter: Path | No
     out: dict[str, Any] = {"iteration": iteration, "evaluation": entry["metrics"],
                            "timings": {"evaluate_s": round(seconds, 2)}}
     if pairs is not None:
-        manifest = read_manifest(pairs, "pairs")
+        manifest = read_manifest(pairs, PAIRS)
         out["pairs"] = {"counts": manifest["counts"], "gap": manifest.get("gap"), "scores": manifest.get("scores")}
     if adapter is not None:
-        meta = json.loads((adapter / "genalign.json").read_text())
-        out["train"] = {k: v for k, v in meta["metrics"].items()}
-        out["timings"]["train_s"] = round(meta["metrics"].get("train/seconds", 0.0), 2)
+        from genalign.artifacts import read_model_card
+
+        trained = read_model_card(adapter).metrics
+        out["train"] = dict(trained)
+        out["timings"]["train_s"] = round(trained.get("train/seconds", 0.0), 2)
     return out
 
 

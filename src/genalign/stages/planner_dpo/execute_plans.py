@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from genalign.artifacts import link_or_copy
+from genalign.artifacts import EXECUTED, SAMPLES, link_or_copy
 from genalign.config.planner_dpo import ExecutePlansConfig
 from genalign.data.mmsi import read_dataset
 from genalign.executors.plans import execute_rows
@@ -28,7 +28,7 @@ from genalign.tracking import Tracker
 
 
 def run(cfg: ExecutePlansConfig, *, samples: Path, dataset: Path, executed: Path, tracker: Tracker) -> StageResult:
-    read_manifest(samples, "samples")
+    read_manifest(samples, SAMPLES)
     rows = read_jsonl(samples / "samples.jsonl", Sample)
     by_id = {r["id"]: r for r in read_dataset(dataset)}
     start = time.perf_counter()
@@ -40,7 +40,7 @@ def run(cfg: ExecutePlansConfig, *, samples: Path, dataset: Path, executed: Path
                     link_or_copy(samples / rel, tmp / rel)
         write_jsonl(tmp / "samples.jsonl", done)
         seconds = time.perf_counter() - start
-        write_manifest(tmp, kind="executed", config=cfg.to_dict(), counts=counts, hash_files=["samples.jsonl"],
+        write_manifest(tmp, kind=EXECUTED, config=cfg.to_dict(), counts=counts, hash_files=["samples.jsonl"],
                        inputs={"samples": str(samples), "dataset": str(dataset)},
                        extra={"seconds": seconds})
     metrics = {f"execute/{k}": float(v) for k, v in counts.items()}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from genalign.artifacts import link_or_copy
+from genalign.artifacts import EXECUTED, SCORED, link_or_copy
 from genalign.config.planner_dpo import LabelPlansConfig
 from genalign.data.mmsi import read_dataset
 from genalign.records import Sample, read_jsonl, write_jsonl
@@ -31,7 +31,7 @@ from genalign.tracking import Tracker
 
 
 def run(cfg: LabelPlansConfig, *, executed: Path, dataset: Path, scored: Path, tracker: Tracker) -> StageResult:
-    read_manifest(executed, "executed")
+    read_manifest(executed, EXECUTED)
     rows = read_jsonl(executed / "samples.jsonl", Sample)
     by_id = {r["id"]: r for r in read_dataset(dataset)}
     start = time.perf_counter()
@@ -42,7 +42,7 @@ def run(cfg: LabelPlansConfig, *, executed: Path, dataset: Path, scored: Path, t
             for rel in s.files.values():
                 link_or_copy(executed / rel, tmp / rel)
         write_jsonl(tmp / "scored.jsonl", out)
-        write_manifest(tmp, kind="scored", config=cfg.to_dict(), counts=counts, hash_files=["scored.jsonl"],
+        write_manifest(tmp, kind=SCORED, config=cfg.to_dict(), counts=counts, hash_files=["scored.jsonl"],
                        inputs={"executed": str(executed), "dataset": str(dataset)},
                        extra={"seconds": seconds})
     values = [s.score for s in out if s.score is not None]

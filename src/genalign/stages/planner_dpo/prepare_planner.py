@@ -19,12 +19,21 @@ the stages that load it (`planner_dir`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
 from pathlib import Path
 
-from genalign.artifacts import link_or_copy
+from genalign.artifacts import (
+    DATASET,
+    MODEL,
+    ModelCard,
+    has_model_card,
+    link_or_copy,
+    read_model_card,
+    write_model_card,
+)
 from genalign.config.planner_dpo import PreparePlannerConfig
 from genalign.data.mmsi import DATASET_ROWS, read_dataset
 from genalign.stages import StageResult
@@ -45,12 +54,31 @@ def run(cfg: PreparePlannerConfig, *, dataset: Path, eval_dataset: Path, model: 
     counts = _write_datasets(cfg, dataset, eval_dataset, fp)
     metrics = {f"data/{k}": float(v) for k, v in counts.items()}
     if cfg.warm_start is None:
-        with atomic_dir(model) as tmp:
-            atomic_write_json(tmp / "genalign.json", {"kind": "ref", "ref": cfg.base_model})
-            write_manifest(tmp, kind="model", config=cfg.to_dict(), extra={"ref": cfg.base_model})
+        _referenced_base(cfg, model)
     else:
         metrics.update(_warm_started(cfg, dataset, model, fp, tracker))
     return StageResult(metrics=metrics, summary=counts)
+
+
+def _referenced_base(cfg: PreparePlannerConfig, out: Path) -> None:
+    """A "ref" card for `cfg.base_model`, or the merged planner when it names an adapter
+    (a registered planner-dpo champion): a fresh adapter then trains on the champion."""
+    from genalign.config.refs import parse_model_ref
+    from genalign.models.refs import base_and_adapter, pin, resolve
+
+    ref = pin(cfg.base_model)  # an alias that moves later does not change what this run used
+    adapter = None
+    if parse_model_ref(ref).scheme not in ("tiny", "hf"):  # those name models, never adapters
+        base, adapter = base_and_adapter(resolve(ref))
+    with atomic_dir(out) as tmp:
+        if adapter is not None:
+            from genalign.trainers.lm_dpo import merge_adapter
+
+            merge_adapter(base, adapter, tmp)
+            write_model_card(tmp, dataclasses.replace(read_model_card(tmp), base_model=ref, extra={}))
+        else:
+            write_model_card(tmp, ModelCard(kind="ref", ref=ref))
+        write_manifest(tmp, kind=MODEL, config=cfg.to_dict(), extra={"ref": ref})
 
 
 def _write_datasets(cfg: PreparePlannerConfig, dataset: Path, eval_dataset: Path, fp: str) -> dict[str, int]:
@@ -67,7 +95,7 @@ def _write(out: Path, rows: list[dict], cfg: PreparePlannerConfig, fp: str, spli
             for rel in [*row["images"], *([row["meta"]["scene"]] if "scene" in row.get("meta", {}) else [])]:
                 link_or_copy((sources or {}).get(rel, copy_from / rel), tmp / rel)
         atomic_write_text(tmp / DATASET_ROWS, "".join(json.dumps(r) + "\n" for r in rows))
-        write_manifest(tmp, kind="dataset", config=cfg.to_dict(), counts=counts, hash_files=[DATASET_ROWS],
+        write_manifest(tmp, kind=DATASET, config=cfg.to_dict(), counts=counts, hash_files=[DATASET_ROWS],
                        extra={"split": split})
 
 
@@ -123,18 +151,24 @@ def _mmsi(cfg: PreparePlannerConfig, dataset: Path, eval_dataset: Path, fp: str)
 
 
 def _warm_started(cfg: PreparePlannerConfig, dataset: Path, out: Path, fp: str, tracker: Tracker) -> dict[str, float]:
-    """Warm-start the base planner on the train questions, or copy it from the cache."""
+    """Warm-start the base planner on the train questions, or copy it from the cache when it
+    was made with as many torch threads as this process has (`genalign.training.numerics`)."""
     from genalign.models.refs import cache_dir, resolve
     from genalign.trainers.planner_sft import sft_examples, train_planner_sft
+    from genalign.training.numerics import numerics_key
 
-    key = config_hash({"base": cfg.base_model, "warm_start": cfg.warm_start.to_dict(), "data": fp})
+    key = config_hash({"base": cfg.base_model, "warm_start": cfg.warm_start.to_dict(), "data": fp,
+                       "numerics": numerics_key()})
     cached = cache_dir() / "planner-base" / key
-    if not (cached / "genalign.json").is_file():
+    if not has_model_card(cached):  # missing, or made with an older model card
         rows = read_dataset(dataset)
         train_planner_sft(cfg.warm_start, model_dir=resolve(cfg.base_model), examples=sft_examples(rows, cfg.warm_start),
                           image_root=dataset, out_dir=cached, tracker=tracker)
-    metrics = json.loads((cached / "genalign.json").read_text())["metrics"]
+    card = read_model_card(cached)
+    metrics = card.metrics
     with atomic_dir(out) as tmp:
         shutil.copytree(cached, tmp, dirs_exist_ok=True)
-        write_manifest(tmp, kind="model", config=cfg.to_dict(), extra={"cache_key": key})
+        # what it was made from, as the reference (the cache path means nothing elsewhere)
+        write_model_card(tmp, dataclasses.replace(card, base_model=cfg.base_model))
+        write_manifest(tmp, kind=MODEL, config=cfg.to_dict(), extra={"cache_key": key})
     return {k: float(v) for k, v in metrics.items()}

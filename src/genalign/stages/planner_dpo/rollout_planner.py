@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from genalign.artifacts import link_or_copy, read_shard
+from genalign.artifacts import SAMPLES, link_or_copy, read_shard
 from genalign.config.planner_dpo import RolloutPlannerConfig
 from genalign.data.mmsi import read_dataset
 from genalign.models.refs import model_dir
@@ -60,7 +60,7 @@ def run(cfg: RolloutPlannerConfig, *, dataset: Path, shards: Path, model: Path, 
                 ))
         write_jsonl(tmp / "samples.jsonl", out_rows)
         counts = {"questions": len(rows), "samples": len(out_rows)}
-        write_manifest(tmp, kind="samples", config=cfg.to_dict(), counts=counts, hash_files=["samples.jsonl"],
+        write_manifest(tmp, kind=SAMPLES, config=cfg.to_dict(), counts=counts, hash_files=["samples.jsonl"],
                        inputs={"dataset": str(dataset), "shards": str(shards), "model": str(model)},
                        extra={"iteration": iteration, "seconds": seconds})
     return StageResult(metrics={"rollout/questions": float(len(rows)), "rollout/samples": float(len(out_rows)),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from genalign.artifacts import SHARDS
 from genalign.config.planner_dpo import ShardPlannerConfig
 from genalign.data.mmsi import read_dataset
 from genalign.stages import StageResult
@@ -40,7 +41,7 @@ def run(cfg: ShardPlannerConfig, *, dataset: Path, shards: Path, tracker: Tracke
     parts = split(ids, cfg.num_shards, cfg.seed)
     with atomic_dir(shards) as tmp:
         atomic_write_json(tmp / "shards.json", {"seed": cfg.seed, "num_shards": cfg.num_shards, "shards": parts})
-        write_manifest(tmp, kind="shards", config=cfg.to_dict(), inputs={"dataset": str(dataset)},
+        write_manifest(tmp, kind=SHARDS, config=cfg.to_dict(), inputs={"dataset": str(dataset)},
                        counts={"questions": len(ids), "shards": cfg.num_shards}, hash_files=["shards.json"])
     sizes = [len(p) for p in parts]
     return StageResult(metrics={"shards/min_size": float(min(sizes)), "shards/max_size": float(max(sizes))},

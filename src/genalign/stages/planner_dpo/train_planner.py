@@ -15,16 +15,16 @@ written for the trainer (trl's rows carry no weak flag).
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
+from genalign.artifacts import ADAPTER, MODEL, PAIRS, ModelCard, read_model_card, write_model_card
 from genalign.config.planner_dpo import TrainPlannerConfig
-from genalign.models.refs import model_dir
+from genalign.models.refs import artifact_ref, model_dir
 from genalign.records import Pair, read_jsonl
 from genalign.stages import StageResult
-from genalign.storage import atomic_dir, atomic_write_json, read_manifest, write_manifest
+from genalign.storage import atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
 
 
@@ -33,7 +33,7 @@ def run(cfg: TrainPlannerConfig, *, model: Path, pairs: Path, adapter: Path, mer
     from genalign.data.planner_pairs import planner_pairs, weight_weak_pairs, write_trl_jsonl
     from genalign.trainers.lm_dpo import launch_lm_dpo, merge_adapter
 
-    pairs_manifest = read_manifest(pairs, "pairs")
+    pairs_manifest = read_manifest(pairs, PAIRS)
     rows = read_jsonl(pairs / "pairs.jsonl", Pair)
     kept, weak = weight_weak_pairs(planner_pairs(rows), cfg.dpo.weak_pair_weight, cfg.dpo.seed)
     base = model_dir(model)
@@ -43,28 +43,28 @@ def run(cfg: TrainPlannerConfig, *, model: Path, pairs: Path, adapter: Path, mer
         write_trl_jsonl(trl_file, kept)
         work = Path(scratch) / "adapter"
         if not kept:  # every round so far tied: nothing to learn from yet
-            metrics = _untrained(cfg, base, work, str(model))
+            metrics = _untrained(cfg, base, work, artifact_ref(model))
         else:
             metrics = launch_lm_dpo(
                 dataclasses.replace(cfg.dpo, weak_pair_weight=1.0), base_model_dir=base, pairs_file=trl_file,
                 image_root=pairs, out_dir=work, processes=cfg.processes,
-                tracker=tracker if cfg.processes == 1 else None, base_model_ref=str(model),
+                tracker=tracker if cfg.processes == 1 else None, base_model_ref=artifact_ref(model),
             )
         metrics = {**metrics, "weak_pairs": float(weak["weak_kept"]), "weak_pairs_dropped": float(weak["weak_dropped"])}
-        meta = json.loads((work / "genalign.json").read_text())
-        meta.update({"metrics": metrics, "config": cfg.to_dict(), "iteration": max(iterations),
-                     "pairs": {"trained": len(kept), "iterations": iterations, **weak,
-                               "sha256": pairs_manifest["hashes"].get("pairs.jsonl", "")},
-                     "base_model": str(model)})
-        atomic_write_json(work / "genalign.json", meta)
+        write_model_card(work, dataclasses.replace(
+            read_model_card(work), arch="qwen-vl", metrics=metrics, config=cfg.to_dict(), iteration=max(iterations),
+            pairs={"trained": len(kept), "iterations": iterations, **weak,
+                   "sha256": pairs_manifest["hashes"].get("pairs.jsonl", "")},
+            base_model=artifact_ref(model),  # a reference, or the in-run directory register-model registers
+        ))
         with atomic_dir(adapter) as tmp:
             for f in work.iterdir():
                 shutil.move(str(f), tmp / f.name)
-            write_manifest(tmp, kind="adapter", config=cfg.to_dict(), inputs={"model": str(model), "pairs": str(pairs)},
+            write_manifest(tmp, kind=ADAPTER, config=cfg.to_dict(), inputs={"model": str(model), "pairs": str(pairs)},
                            counts={"pairs": len(kept)})
         tracker.log_artifact(adapter, "adapter")  # every iteration's adapter, in its stage run
         merge_adapter(base, adapter, merged)
-    write_manifest(merged, kind="model", config=cfg.to_dict(), inputs={"model": str(model), "adapter": str(adapter)})
+    write_manifest(merged, kind=MODEL, config=cfg.to_dict(), inputs={"model": str(model), "adapter": str(adapter)})
     return StageResult(metrics=metrics, summary={"pairs": len(kept), "iterations": iterations})
 
 
@@ -74,7 +74,7 @@ def _untrained(cfg: TrainPlannerConfig, base: Path, out: Path, base_ref: str) ->
     from peft import LoraConfig, get_peft_model
 
     from genalign.models.vlm import load_vlm
-    from genalign.trainers.lm_dpo import GENALIGN_JSON, METHOD, adapter_targets
+    from genalign.trainers.lm_dpo import METHOD, adapter_targets
 
     metrics = {"train/steps": 0.0, "pairs": 0.0}
     if cfg.dpo.adapter == "full":
@@ -84,8 +84,9 @@ def _untrained(cfg: TrainPlannerConfig, base: Path, out: Path, base_ref: str) ->
         lora = LoraConfig(r=cfg.dpo.rank, lora_alpha=cfg.dpo.alpha, lora_dropout=cfg.dpo.dropout,
                           target_modules=adapter_targets(model, cfg.dpo), use_dora=cfg.dpo.adapter == "dora")
         get_peft_model(model, lora).save_pretrained(out)
-    atomic_write_json(out / GENALIGN_JSON, {
-        "base_model": base_ref, "method": METHOD, "loss_type": cfg.dpo.loss_type, "adapter_type": cfg.dpo.adapter,
-        "metrics": metrics, "note": "no pairs to train on: an untrained adapter, equal to the base",
-    })
+    write_model_card(out, ModelCard(
+        kind=MODEL if cfg.dpo.adapter == "full" else "adapter", arch="qwen-vl",
+        base_model=base_ref, method=METHOD, loss=cfg.dpo.loss_type, adapter_type=cfg.dpo.adapter,
+        metrics=metrics, extra={"note": "no pairs to train on: an untrained adapter, equal to the base"},
+    ))
     return metrics

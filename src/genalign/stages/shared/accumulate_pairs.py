@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from genalign.artifacts import PAIRS
 from genalign.config.pairs import AccumulatePairsConfig
 from genalign.pairs import accumulate, copy_samples, pair_file_names, write_pair_files
 from genalign.records import Pair, ScoredSample, read_jsonl
@@ -23,7 +24,7 @@ def run(cfg: AccumulatePairsConfig, *, pairs: Path, previous: Path | None, accum
     sources = [p for p in (previous, pairs) if p is not None]
     sets, samples = [], {}
     for directory in sources:
-        read_manifest(directory, "pairs")
+        read_manifest(directory, PAIRS)
         sets.append(read_jsonl(directory / "pairs.jsonl", Pair))
         for s in read_jsonl(directory / "samples.jsonl", ScoredSample):
             samples[s.sample_id] = (directory, s)
@@ -37,7 +38,7 @@ def run(cfg: AccumulatePairsConfig, *, pairs: Path, previous: Path | None, accum
     counts = {"pairs": len(merged), "weak": sum(p.weak for p in merged), "by_iteration": by_iteration}
     with atomic_dir(accumulated) as tmp:
         write_pair_files(tmp, merged, copy_samples(merged, samples, tmp))
-        write_manifest(tmp, kind="pairs", config=cfg.to_dict(), counts=counts, hash_files=pair_file_names(tmp),
+        write_manifest(tmp, kind=PAIRS, config=cfg.to_dict(), counts=counts, hash_files=pair_file_names(tmp),
                        inputs={"pairs": str(pairs), "previous": str(previous) if previous else ""})
     metrics = {"accumulate/pairs": float(len(merged)), "accumulate/weak": float(counts["weak"])}
     return StageResult(metrics=metrics, summary=counts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from genalign.artifacts import PAIRS, SCORED
 from genalign.config.pairs import MinePairsConfig
 from genalign.pairs import (
     MiningResult,
@@ -34,7 +35,7 @@ def run(cfg: MinePairsConfig, *, scored: list[Path], pairs: Path, tracker: Track
         raise ValueError("pairs: no scored artifacts given")
     shards: list[tuple[Path, list[ScoredSample]]] = []
     for directory in scored:
-        read_manifest(directory, "scored")
+        read_manifest(directory, SCORED)
         shards.append((directory, read_jsonl(directory / "scored.jsonl", ScoredSample)))
 
     all_pairs, counts, empty_shards = [], {}, 0
@@ -64,7 +65,7 @@ def run(cfg: MinePairsConfig, *, scored: list[Path], pairs: Path, tracker: Track
         write_pair_files(tmp, all_pairs, copy_samples(all_pairs, source, tmp))
         stats = summarize(MiningResult(pairs=all_pairs, counts=counts))
         write_manifest(
-            tmp, kind="pairs", config=cfg.to_dict(), inputs={"scored": [str(d) for d in scored]},
+            tmp, kind=PAIRS, config=cfg.to_dict(), inputs={"scored": [str(d) for d in scored]},
             counts=counts, hash_files=pair_file_names(tmp), extra={"gap": stats["gap"], "scores": score_stats(shards)},
         )
     metrics = {f"pairs/{k}": float(v) for k, v in counts.items()}

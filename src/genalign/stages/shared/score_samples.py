@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from genalign.artifacts import link_or_copy
+from genalign.artifacts import SAMPLES, SCORED, link_or_copy
 from genalign.config.score import ScoreSamplesConfig
 from genalign.records import Sample, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import StageResult
@@ -23,7 +23,7 @@ from genalign.tracking import Tracker
 def run(cfg: ScoreSamplesConfig, *, samples: Path, scored: Path, tracker: Tracker) -> StageResult:
     from genalign.scorers import get_scorer
 
-    read_manifest(samples, "samples")
+    read_manifest(samples, SAMPLES)
     rows = read_jsonl(samples / "samples.jsonl", Sample)
 
     scorer = get_scorer(cfg.scorer, cfg.scorer_config())
@@ -47,7 +47,7 @@ def run(cfg: ScoreSamplesConfig, *, samples: Path, scored: Path, tracker: Tracke
         write_jsonl(tmp / "scored.jsonl", out_rows)
         metrics = _metrics(out_rows)
         write_manifest(
-            tmp, kind="scored", config=cfg.to_dict(), inputs={"samples": str(samples)},
+            tmp, kind=SCORED, config=cfg.to_dict(), inputs={"samples": str(samples)},
             counts={"samples": len(out_rows), "failed": int(metrics["score/failed"])},
             hash_files=["scored.jsonl"], extra={"scorer": scorer.name},
         )
