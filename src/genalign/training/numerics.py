@@ -1,12 +1,13 @@
 """What decides the exact numbers of a training run on a CPU besides its config, inputs and seeds.
 
 torch splits a large matrix product across its intra-op threads along the summed
-dimension: the weight gradient of a linear layer, a sum over batch x tokens, rounds
-differently with 1 and with 2 threads. Inference and small batches stay below the size
-at which the work is split, but pretraining does not (the tiny part generator's
-batch of 64 objects), and training amplifies last-bit differences into different
-weights: the same seeds pretrain another tiny generator with 2 threads than with 1, and
-everything downstream of it moves (part-dpo's tuned penetration by a few percent).
+dimension (the weight gradient of a linear layer sums over batch x tokens), so it rounds
+differently with 1 and with 2 threads, and training amplifies those last bits into other
+weights. In the tiny presets, pretraining the part generator, the planner's warm start
+and its DPO training change with the thread count (part-dpo's tuned penetration by a few
+percent, planner-dpo's reveal share at iteration 1 by 0.06); rollouts, scoring,
+evaluation and flow-DPO on batches of 8 pairs came out bitwise the same with 1 and 2
+threads (their products are too small to be split).
 
 A model cached by config, or a checkpoint resumed by fingerprint, must therefore also
 match the thread count of the run that reuses it, or the run would continue from numbers
