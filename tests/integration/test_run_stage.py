@@ -109,3 +109,18 @@ def test_a_failure_is_recorded_on_the_stage_run(samples, tmp_path, monkeypatch):
     (child,) = client.search_runs([exp.experiment_id], filter_string="tags.`genalign.stage` = 'score-samples'")
     assert child.info.status == "FAILED"
     assert child.data.tags[ERROR_TAG].startswith("InjectedFailure: GENALIGN_FAIL_STAGE=score-samples")
+
+
+def test_a_training_stages_outputs_are_reused_only_at_the_same_thread_count(tmp_path):
+    import torch
+
+    outputs = {"conditions": tmp_path / "c", "eval_conditions": tmp_path / "e", "model": tmp_path / "m"}
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert not run_stage("prepare-parts", PREPARE, inputs={}, outputs=outputs).reused
+        assert run_stage("prepare-parts", PREPARE, inputs={}, outputs=outputs).reused
+        torch.set_num_threads(2)
+        assert not run_stage("prepare-parts", PREPARE, inputs={}, outputs=outputs).reused
+    finally:
+        torch.set_num_threads(threads)

@@ -169,7 +169,7 @@ def run_stage(
         tracker.log_params(flatten(cfg.to_dict()))
         try:
             _fail_if_asked(name, params, tags)
-            fingerprint = artifacts.fingerprint(name, _pinned(cfg.to_dict()), params, local_in)
+            fingerprint = artifacts.fingerprint(name, _pinned(cfg.to_dict()), {**params, **_numerics(stage)}, local_in)
             stored = artifacts.sealed_result(local_out, fingerprint) if rank == 0 else None
             if stored is not None:
                 result = _decode(stored)
@@ -204,6 +204,15 @@ def run_stage(
         for key, value in result.metrics.items():
             metrics_output.log_metric(key, value)
     return result
+
+
+def _numerics(stage: Stage) -> dict[str, Any]:
+    """What else a training stage's outputs depend on: torch's thread count."""
+    if not stage.numerics:
+        return {}
+    from genalign.training.numerics import numerics_key
+
+    return {"numerics": numerics_key()}
 
 
 def _pinned(config: Any) -> Any:

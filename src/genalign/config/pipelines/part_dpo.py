@@ -9,6 +9,7 @@ PREPARE_PARTS = Stage(
     "prepare-parts", "genalign.stages.part_dpo.prepare_parts", "genalign.config.part_dpo:PreparePartsConfig",
     inputs={}, outputs={"conditions": "conditions", "eval_conditions": "conditions", "model": "model"},
     help="procedural conditions (train + held-out) and the base generator",
+    numerics=True,
 )
 ROLLOUT_PARTS = Stage(
     "rollout-parts", "genalign.stages.part_dpo.rollout_parts", "genalign.config.part_dpo:RolloutPartsConfig",
@@ -20,6 +21,7 @@ TRAIN_FLOW_DPO = Stage(
     "train-flow-dpo", "genalign.stages.part_dpo.train_flow_dpo", "genalign.config.flow_dpo:TrainFlowDPOConfig",
     inputs={"model": "model", "pairs": "pairs"}, outputs={"adapter": "adapter"},
     help="flow-matching DPO of a LoRA/DoRA adapter on the pairs",
+    numerics=True,
 )
 EVALUATE_PARTS = Stage(
     "evaluate-parts", "genalign.stages.part_dpo.evaluate_parts", "genalign.config.part_dpo:EvaluatePartsConfig",

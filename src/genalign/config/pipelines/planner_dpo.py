@@ -10,6 +10,7 @@ PREPARE_PLANNER = Stage(
     "genalign.config.planner_dpo:PreparePlannerConfig",
     inputs={}, outputs={"dataset": "dataset", "eval_dataset": "dataset", "model": "model"},
     help="spatial questions (train + held-out) and the base planner (warm-started)",
+    numerics=True,
 )
 SHARD_PLANNER = Stage(
     "shard-planner", "genalign.stages.planner_dpo.shard_planner", "genalign.config.planner_dpo:ShardPlannerConfig",
@@ -37,6 +38,7 @@ TRAIN_PLANNER = Stage(
     "train-planner", "genalign.stages.planner_dpo.train_planner", "genalign.config.planner_dpo:TrainPlannerConfig",
     inputs={"model": "model", "pairs": "pairs"}, outputs={"adapter": "adapter", "merged": "model"},
     help="trl DPO of a fresh adapter from the base, and the merged planner",
+    numerics=True,
 )
 EVALUATE_PLANNER = Stage(
     "evaluate-planner", "genalign.stages.planner_dpo.evaluate_planner",

@@ -32,6 +32,9 @@ class Stage:
     fan_in: tuple[str, ...] = ()  # inputs that take a list of artifacts
     optional: tuple[str, ...] = ()  # inputs that may be left out (None)
     help: str = ""
+    # Its outputs depend on torch's thread count (it trains: genalign.training.numerics),
+    # so the thread count is part of what makes them reusable.
+    numerics: bool = False
 
     @property
     def component(self) -> str:
