@@ -43,10 +43,11 @@ class PenetrationConfig(Config):
         "More than one start only when the batch is expected to outlast their start-up "
         "(worker_start_s).",
     )
-    # benchmarks/penetration_broadphase.py measures it: a 2-worker spawn pool took 2.9 s
-    # to start and import the scorer on a shared 2-core machine.
+    # benchmarks/penetration_broadphase.py measures it (spawn, imports, first file): 0.8 s
+    # for 2 workers on an idle 2-core machine, 1.6 s at a load of 2; rounded up so that a
+    # pool starts only where it clearly pays.
     worker_start_s: float = field(
-        3.0,
+        2.0,
         help="Seconds a pool of worker processes takes to start. The scorer times its first "
         "files in this process and hands the rest to a pool only when they would take "
         "longer than that in this process; 0 starts the pool at once.",

@@ -3,14 +3,17 @@
 
 The scored artifact holds the sample files (hard links where the file system allows)
 and `scored.jsonl`: the sample rows plus {score, detail, scorer}. A sample whose
-generation failed, or whose meshes cannot be read, keeps score null and is counted;
-pair mining then leaves its condition out.
+generation failed, whose meshes cannot be read or scored, or whose score or detail is
+not a finite number, keeps score null and is counted; pair mining then leaves its
+condition out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from genalign.artifacts import SAMPLES, SCORED, link_or_copy
 from genalign.config.score import ScoreSamplesConfig
@@ -18,6 +21,9 @@ from genalign.records import Sample, ScoredSample, read_jsonl, write_jsonl
 from genalign.stages import StageResult
 from genalign.storage import MANIFEST, atomic_dir, read_manifest, write_manifest
 from genalign.tracking import Tracker
+
+if TYPE_CHECKING:
+    from genalign.scorers.base import ObjectScore
 
 
 def run(cfg: ScoreSamplesConfig, *, samples: Path, scored: Path, tracker: Tracker) -> StageResult:
@@ -32,8 +38,9 @@ def run(cfg: ScoreSamplesConfig, *, samples: Path, scored: Path, tracker: Tracke
     out_rows = []
     for r in rows:
         res = results.get(r.sample_id)
-        if res is None or res.score is None:
-            detail = {"error": (res.error if res is not None else r.error) or "generation failed"}
+        unusable = _not_finite(res) if res is not None and res.score is not None else None
+        if res is None or res.score is None or unusable:
+            detail = {"error": unusable or (res.error if res is not None else r.error) or "generation failed"}
             status = "failed"
             out_rows.append(ScoredSample.of(dataclasses.replace(r, status=status),
                                             score=None, scorer=scorer.name, detail=detail))
@@ -53,6 +60,14 @@ def run(cfg: ScoreSamplesConfig, *, samples: Path, scored: Path, tracker: Tracke
         )
     tracker.log_metrics(metrics)
     return StageResult(metrics=metrics, summary={"samples": len(out_rows)})
+
+
+def _not_finite(res: ObjectScore) -> str | None:
+    """Why a scorer's result cannot be recorded (its score or a detail number is NaN or
+    infinite), or None: such a sample is counted as failed, never written as a number."""
+    bad = [f"{k}={v}" for k, v in {"score": res.score, **res.detail}.items()
+           if isinstance(v, float) and not math.isfinite(v)]
+    return f"scorer returned a value that is not a finite number: {', '.join(bad)}" if bad else None
 
 
 def _metrics(rows: list[ScoredSample]) -> dict[str, float]:
