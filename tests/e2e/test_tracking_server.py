@@ -41,8 +41,8 @@ from genalign.cli import main
 pytestmark = pytest.mark.e2e
 
 MODEL_NAME = "genalign-part-dpo-test"  # register.model_name in configs/part-dpo/e2e.yaml
-STAGES = sorted(["prepare-parts", "rollout-parts-0", "rollout-parts-1", "score", "score", "pairs",
-                 "train-flow-dpo", "evaluate-parts", "register"])
+STAGES = sorted(["prepare-parts", "rollout-parts-0", "rollout-parts-1", "score-samples-0", "score-samples-1",
+                 "mine-pairs", "train-flow-dpo", "evaluate-parts", "register-model"])
 CLIENT_S3_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
                   "AWS_PROFILE", "MLFLOW_S3_ENDPOINT_URL")
 
@@ -123,12 +123,13 @@ def test_server_holds_runs_and_registered_version_in_s3(runs, tracking_server, s
     train = next(r for r in children if r.data.tags["genalign.stage"] == "train-flow-dpo")
     assert "train/loss" in train.data.metrics
 
-    registration = json.loads(one(remote, "register-adapter/registration/registration.json").read_text())
+    registration = json.loads(one(remote, "register-model/registration/registration.json").read_text())
     mv = client.get_model_version_by_alias(MODEL_NAME, "candidate")
     assert str(mv.version) == registration["version"] and mv.status == "READY"
     source = urlparse(mv.source)
     assert source.scheme == "mlflow-artifacts", mv.source
-    key = f"mlflow/{source.path.strip('/')}/adapter_model.safetensors"
+    # the version's source is the pyfunc model, which holds the peft directory as its artifact
+    key = f"mlflow/{source.path.strip('/')}/artifacts/adapter/adapter_model.safetensors"
     assert key in s3.keys("mlflow/"), (key, s3.keys("mlflow/"))
     stored = s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read()
     assert stored == one(remote, "train-flow-dpo/adapter/adapter_model.safetensors").read_bytes()
