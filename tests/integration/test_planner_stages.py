@@ -24,7 +24,7 @@ from genalign.data.planner_prompt import planner_prompt
 from genalign.data.scene_views import instruction_for
 from genalign.data.spatial_scenes import load_scene
 from genalign.generators.plan_format import format_plan
-from genalign.models.refs import model_dir as planner_dir
+from genalign.models.refs import model_dir
 from genalign.models.vlm import VLMConfigError, load_vlm
 from genalign.pairs import NoPairsError
 from genalign.records import Pair, Sample, ScoredSample, read_jsonl, write_jsonl
@@ -109,7 +109,7 @@ def test_prepare_writes_disjoint_datasets_and_a_warm_started_planner(run):
     assert results["prepare"].summary == {"train": 8, "eval": 4, "skipped": 0}
     metrics = results["prepare"].metrics
     assert metrics["sft/steps"] == 100 and metrics["sft/loss"] < metrics["sft/loss_first"]
-    assert planner_dir(d / "model") == d / "model" and (d / "model" / "config.json").is_file()
+    assert model_dir(d / "model") == d / "model" and (d / "model" / "config.json").is_file()
 
 
 def test_shards_partition_the_question_ids(run):
@@ -368,7 +368,7 @@ def test_a_round_of_ties_is_counted_and_trains_nothing_wrong(handmade, tmp_path)
     assert trained.metrics["train/steps"] == 0
     meta = json.loads((tmp_path / "adapter" / "genalign.json").read_text())
     assert "no pairs" in meta["extra"]["note"]
-    base, _ = load_vlm(planner_dir(d / "model"))
+    base, _ = load_vlm(model_dir(d / "model"))
     merged, _ = load_vlm(tmp_path / "merged")
     for (name, a), (_, b) in zip(base.state_dict().items(), merged.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
@@ -477,7 +477,7 @@ def test_mmsi_rows_with_missing_images_are_left_out_and_recorded(tmp_path):
         assert not any(Path(rel).is_absolute() for rel in r["images"])
     from genalign.models.refs import resolve
 
-    assert planner_dir(tmp_path / "out" / "model") == resolve("tiny://tiny-qwen2-vl")
+    assert model_dir(tmp_path / "out" / "model") == resolve("tiny://tiny-qwen2-vl")
 
 
 def test_malformed_mmsi_row_fails_before_any_work(tmp_path):

@@ -14,7 +14,7 @@ splits the rest with a seeded shuffle.
 The model artifact holds the planner: with `warm_start` the base is fine-tuned here on
 well-formed plans with random views (`genalign.trainers.planner_sft`), cached by config
 so a re-run reuses it; without it the artifact records the model reference, resolved by
-the stages that load it (`planner_dir`).
+the stages that load it (`genalign.models.refs.model_dir`).
 """
 
 from __future__ import annotations
