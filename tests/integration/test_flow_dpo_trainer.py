@@ -191,7 +191,7 @@ def test_precomputed_reference_matches_live(base_dir, tmp_path):
     for precompute in (False, True):
         tracker = NullTracker()
         train_flow_dpo(
-            _cfg(max_steps=2, precompute_reference=precompute, reference_draws=2),
+            _cfg(max_steps=2, precompute_reference=precompute, reference_draws=2, drift_every=1),
             base_model_dir=base_dir,
             pairs=_pairs(8),
             out_dir=tmp_path / str(precompute),
@@ -421,3 +421,51 @@ def test_config_checks():
     ):
         with pytest.raises(ValueError):
             FlowDPOConfig(**bad)
+
+
+@pytest.mark.parametrize(
+    ("precompute", "drift_every", "expected"),
+    [(False, None, [2, 4, 6, 8, 10, 12]), (True, None, [12]), (True, 3, [3, 6, 9, 12])],
+)
+def test_drift_is_measured_less_often_with_a_precomputed_reference(
+    base_dir, tmp_path, precompute, drift_every, expected
+):
+    # log_every 2: the live reference measures drift with the statistics; the precomputed
+    # one every 10 x log_every (here only at the last step) unless drift_every says.
+    tracker = NullTracker()
+    cfg = _cfg(max_steps=12, log_every=2, precompute_reference=precompute, drift_every=drift_every)
+    train_flow_dpo(cfg, base_model_dir=base_dir, pairs=_pairs(8), out_dir=tmp_path, tracker=tracker)
+    assert [step for step, m in tracker.metrics if "train/drift" in m] == expected
+    assert len(tracker.history("train/loss")) == 12
+
+
+def test_a_step_brings_its_statistics_to_the_host_once(base_dir, tmp_path, monkeypatch):
+    """One device-to-host copy per optimizer step for everything it logs (on CUDA the
+    step's only host sync); no `.item()` in the step."""
+    import sys
+
+    from genalign.trainers import flow_dpo
+
+    copies = []
+    real = flow_dpo.to_host
+    monkeypatch.setattr(flow_dpo, "to_host", lambda values: copies.append(values.numel()) or real(values))
+
+    real_item = torch.Tensor.item
+    package = Path(flow_dpo.__file__).resolve().parents[1]  # src/genalign
+
+    def no_item(self):  # torch's own CPU-side step counters (AdamW) may; genalign may not
+        caller = Path(sys._getframe(1).f_code.co_filename).resolve()
+        assert package not in caller.parents, f".item() in a training step ({caller})"
+        return real_item(self)
+
+    trainer = flow_dpo.FlowDPOTrainer(
+        _cfg(max_steps=3, grad_accum=2), base_model_dir=base_dir, pairs=_pairs(8),
+        out_dir=tmp_path, tracker=NullTracker(),
+    )
+    trainer.setup()
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    trainer.train()
+    monkeypatch.undo()
+    # loss, accuracy, margin, two rewards, drift and grad_norm: 7 numbers per step
+    assert copies == [7, 7, 7]
+    assert math.isfinite(trainer.last_metrics["grad_norm"])

@@ -47,7 +47,9 @@ class PreferenceLossOutput(NamedTuple):
     reward_margin: Tensor
 
 
-def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+def masked_mse(
+    pred: Tensor, target: Tensor, mask: Tensor | None = None, *, check_mask: bool = True
+) -> Tensor:
     """Per-sample mean squared error `[B]` over all trailing dims, in float32.
 
     pred, target: `[B, P, ...]` (e.g. `[B, P, T, D]` part latents).
@@ -55,6 +57,9 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tens
         the numerator nor the number of elements, so a sample's error does not depend
         on how much padding its batch needed; values in padded slots (even inf or nan)
         do not leak into the result. Every sample must keep at least one real part.
+    check_mask: raise for a sample with no real part. The check reads the mask on the
+        host (a device sync on CUDA); a trainer whose masks were checked once when its
+        data was loaded passes False in its step.
 
     The squared error is taken in float32 whatever the input dtype: the preference
     losses use differences of these errors, which bf16 rounding would swamp.
@@ -75,7 +80,7 @@ def masked_mse(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tens
             f"{mask.dtype} {list(mask.shape)}"
         )
     real_parts = mask.sum(dim=1)  # [B]
-    if bool((real_parts == 0).any()):
+    if check_mask and bool((real_parts == 0).any()):
         empty = torch.nonzero(real_parts == 0).flatten().tolist()
         raise ValueError(f"masked_mse: samples {empty} have no real part in mask")
     # Zero the padded slots before squaring, not after: masking the square would still

@@ -56,7 +56,12 @@ from genalign.models.part_dit import CONFIG_NAME, WEIGHTS_NAME, PartDiT
 from genalign.storage import ArtifactError
 from genalign.tracking import Tracker
 from genalign.training import base_model, checkpoints
-from genalign.training.adapters import attach_adapter, lora_config, reference_mode, save_adapter_dir
+from genalign.training.adapters import (
+    AdapterSwitch,
+    attach_adapter,
+    lora_config,
+    save_adapter_dir,
+)
 from genalign.training.checkpoints import latest_checkpoint
 from genalign.training.seeds import derive_seed
 
@@ -71,6 +76,14 @@ BASE_MODEL_FILES = (CONFIG_NAME, WEIGHTS_NAME)
 # Extra loss inputs (genalign.losses.PREFERENCE_LOSS_EXTRA_INPUTS) this trainer can build
 # from a micro-batch: they need the live reference prediction.
 SUPPORTED_EXTRA_INPUTS = ("chosen_policy_ref_mse",)
+# With a precomputed reference, drift costs an extra no-grad forward: by default it is
+# measured this many times less often than the training statistics are logged.
+DRIFT_EVERY_PRECOMPUTED = 10
+
+
+def to_host(values: torch.Tensor) -> list[float]:
+    """A step's statistics as Python floats: one device-to-host copy."""
+    return values.tolist()
 
 
 # --------------------------------------------------------------------------------------
@@ -106,6 +119,9 @@ class PairTensors:
                 f"part_mask must be bool {tuple(self.x0_chosen.shape[:2])}, got "
                 f"{self.part_mask.dtype} {tuple(self.part_mask.shape)}"
             )
+        empty = (~self.part_mask.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"pairs {empty} have no real part in part_mask")
 
     def __len__(self) -> int:
         return self.x0_chosen.shape[0]
@@ -223,7 +239,7 @@ def flow_errors(
     """Per-sample flow-matching error over real parts ([B]) and the prediction u."""
     x_t = flow_interpolate(x0, noise, t)
     u = model(x_t, t, cond, part_mask)  # [B, P, T, D]
-    return masked_mse(u.float(), flow_target(x0, noise), part_mask), u
+    return masked_mse(u.float(), flow_target(x0, noise), part_mask, check_mask=False), u
 
 
 def draw_timesteps_and_noise(
@@ -329,6 +345,7 @@ class FlowDPOTrainer:
         torch.manual_seed(cfg.seed)  # the adapter's init (lora_A is kaiming-uniform)
         self.model = add_adapter(base, cfg).to(self.device)
         self.model.train()
+        self.switch = AdapterSwitch(self.model)
         self.trainable = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(
             list(self.trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -362,17 +379,17 @@ class FlowDPOTrainer:
         out = torch.empty(n, cfg.reference_draws, 2, device=self.device)
         shape = tuple(self.pairs.x0_chosen.shape[1:])
         chunks = [(s, r) for r in range(cfg.reference_draws) for s in range(0, n, cfg.batch_size)]
-        with reference_mode(self.model):
+        with self.switch.reference():
             for start, r in tqdm(chunks, desc="reference errors", disable=None):
                 index = torch.arange(start, min(start + cfg.batch_size, n))
                 t, noise = draw_timesteps_and_noise(cfg, index, r, shape)
-                batch = self.pairs.select(index.to(self.device))
+                batch = self.pairs.select(self._to_device(index))
                 with self._autocast():
                     err, _ = flow_errors(
                         self.model,
-                        *duplicate_for_pair(batch, t.to(self.device), noise.to(self.device)),
+                        *duplicate_for_pair(batch, self._to_device(t), self._to_device(noise)),
                     )
-                out[index, r] = torch.stack(err.chunk(2), dim=-1)
+                out[self._to_device(index), r] = torch.stack(err.chunk(2), dim=-1)
         return out
 
     # --- data order -------------------------------------------------------------------
@@ -391,34 +408,37 @@ class FlowDPOTrainer:
 
     def _micro_step(
         self, index: torch.Tensor, epoch: int, weight: float, measure_drift: bool
-    ) -> dict[str, float]:
+    ) -> dict[str, torch.Tensor]:
         """Forward and backward of one micro-batch of pairs; its loss is scaled by `weight`
-        (its share of the step's pairs). Returns its statistics, already weighted."""
+        (its share of the step's pairs). Returns its statistics as detached tensors on the
+        device, already weighted: `train_step` brings them to the host in one copy."""
         cfg = self.cfg
         draw = epoch % cfg.reference_draws if self.ref_errors is not None else epoch
         t, noise = draw_timesteps_and_noise(cfg, index, draw, tuple(self.pairs.x0_chosen.shape[1:]))
-        on_device = index.to(self.device)
+        on_device, t, noise = (self._to_device(x) for x in (index, t, noise))
         batch = self.pairs.select(on_device)
-        inputs = duplicate_for_pair(batch, t.to(self.device), noise.to(self.device))
+        inputs = duplicate_for_pair(batch, t, noise)
         with self._autocast():
             err, u = flow_errors(self.model, *inputs)
         policy_chosen, policy_rejected = err.chunk(2)  # [B] each
 
         u_ref = None
         if self.ref_errors is None:
-            with reference_mode(self.model), self._autocast():
+            with self.switch.reference(), self._autocast():
                 ref_err, u_ref = flow_errors(self.model, *inputs)
             ref_chosen, ref_rejected = ref_err.chunk(2)
         else:
             ref_chosen, ref_rejected = self.ref_errors[on_device, draw].unbind(-1)
             if measure_drift:
-                with reference_mode(self.model), self._autocast():
+                with self.switch.reference(), self._autocast():
                     _, u_ref = flow_errors(self.model, *inputs)
 
         extra = {}
         if "chosen_policy_ref_mse" in self.extra_inputs:
             b = len(index)
-            extra["chosen_policy_ref_mse"] = masked_mse(u[:b], u_ref[:b], batch.part_mask)
+            extra["chosen_policy_ref_mse"] = masked_mse(
+                u[:b], u_ref[:b], batch.part_mask, check_mask=False
+            )
         out = self.loss_fn(
             policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=cfg.beta, **extra
         )
@@ -428,17 +448,63 @@ class FlowDPOTrainer:
         (loss * weight).backward()
 
         stats = {
-            "loss": loss.item(),
-            "implicit_accuracy": out.accuracy.item(),
-            "reward_margin": out.reward_margin.item(),
-            "chosen_reward": out.chosen_reward.mean().item(),
-            "rejected_reward": out.rejected_reward.mean().item(),
+            "loss": loss.detach(),
+            "implicit_accuracy": out.accuracy,
+            "reward_margin": out.reward_margin,
+            "chosen_reward": out.chosen_reward.mean(),
+            "rejected_reward": out.rejected_reward.mean(),
         }
         if measure_drift:
             # Mean squared gap between adapter-on and adapter-off predictions; free with a
             # live reference, one extra no-grad forward with a precomputed one.
-            stats["drift"] = masked_mse(u.detach().float(), u_ref.float(), inputs[4]).mean().item()
-        return {k: weight * v for k, v in stats.items()}
+            stats["drift"] = masked_mse(
+                u.detach().float(), u_ref.float(), inputs[4], check_mask=False
+            ).mean()
+        return {k: weight * v.detach().float() for k, v in stats.items()}
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A CPU tensor on the training device; on CUDA through pinned memory without a
+        host sync (the copy is ordered on the stream before the kernels that read it)."""
+        if self.device.type != "cuda":
+            return x
+        return x.pin_memory().to(self.device, non_blocking=True)
+
+    def _measures_drift(self, step_no: int) -> bool:
+        every = self.cfg.drift_every or (
+            DRIFT_EVERY_PRECOMPUTED * self.cfg.log_every
+            if self.ref_errors is not None
+            else self.cfg.log_every
+        )
+        return step_no % every == 0 or step_no == self.total_steps
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step: its micro-batches, gradient clipping, AdamW; logs and returns
+        the step's statistics. The statistics cross to the host once (`to_host`), which is
+        the step's only host sync on CUDA."""
+        cfg = self.cfg
+        step_no = self.step + 1
+        measure_drift = self._measures_drift(step_no)
+        micro = [self._micro_batch(self.step * cfg.grad_accum + a) for a in range(cfg.grad_accum)]
+        n_step = sum(len(index) for index, _ in micro)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, torch.Tensor] = {}
+        for index, epoch in micro:
+            stats = self._micro_step(index, epoch, len(index) / n_step, measure_drift)
+            for k, v in stats.items():
+                sums[k] = sums[k] + v if k in sums else v
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
+        sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), max_norm)
+        host = dict(zip(sums, to_host(torch.stack([v.float() for v in sums.values()]))))
+        if not math.isfinite(host["loss"]):
+            raise FloatingPointError(
+                f"flow-dpo loss is {host['loss']} at step {step_no}; lower lr or beta"
+            )
+        self.optimizer.step()
+        self.step = step_no
+        self.last_metrics = host
+        self.tracker.log_metrics({f"train/{k}": v for k, v in host.items()}, step=self.step)
+        return host
 
     def train(self) -> dict[str, float]:
         from tqdm.auto import tqdm
@@ -448,35 +514,10 @@ class FlowDPOTrainer:
         start_seconds = self.seconds
         bar = tqdm(total=self.total_steps, initial=self.step, desc="flow-dpo", disable=None)
         while self.step < self.total_steps:
-            step_no = self.step + 1
-            measure_drift = step_no % cfg.log_every == 0 or step_no == self.total_steps
-            micro = [
-                self._micro_batch(self.step * cfg.grad_accum + a) for a in range(cfg.grad_accum)
-            ]
-            n_step = sum(len(index) for index, _ in micro)
-
-            self.optimizer.zero_grad(set_to_none=True)
-            sums: dict[str, float] = {}
-            for index, epoch in micro:
-                stats = self._micro_step(index, epoch, len(index) / n_step, measure_drift)
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-            if not math.isfinite(sums["loss"]):
-                raise FloatingPointError(
-                    f"flow-dpo loss is {sums['loss']} at step {step_no}; lower lr or beta"
-                )
-            max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
-            grad_norm = torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), max_norm)
-            self.optimizer.step()
-            self.step = step_no
-
-            self.last_metrics = {**sums, "grad_norm": float(grad_norm)}
-            self.tracker.log_metrics(
-                {f"train/{k}": v for k, v in self.last_metrics.items()}, step=self.step
-            )
+            stats = self.train_step()
             bar.update(1)
-            if measure_drift:
-                bar.set_postfix(loss=f"{sums['loss']:.4f}", acc=f"{sums['implicit_accuracy']:.2f}")
+            if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['implicit_accuracy']:.2f}")
             self.seconds = start_seconds + time.perf_counter() - start_time
             if cfg.checkpoint_every and (
                 self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps

@@ -12,6 +12,16 @@ The DPO reference is the policy with its adapter switched off
     with reference_mode(model):
         ref_out = model(*inputs)          # the frozen base model, no autograd graph
 
+A trainer that takes the reference on every micro-batch uses an `AdapterSwitch` instead:
+it finds the adapter layers once and toggles them with peft's public
+`BaseTunerLayer.enable_adapters`, the call `disable_adapter()` makes on each of them after
+walking every module of the model, and it leaves train/eval mode alone when no module of
+the base model behaves differently in eval mode (no dropout, no batch norm):
+
+    switch = AdapterSwitch(model)
+    with switch.reference():
+        ref_out = model(*inputs)          # the same numbers as reference_mode(model)
+
 peft is imported inside the functions that use it, torch inside `reference_mode`.
 """
 
@@ -81,6 +91,79 @@ def reference_mode(model: PeftModel) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
+
+
+# Modules whose forward depends on `training`, found by class. A model whose own modules
+# read `self.training` passes `eval_mode=True` to AdapterSwitch.
+def _mode_dependent(module: torch.nn.Module) -> bool:
+    import torch
+
+    if isinstance(module, torch.nn.modules.dropout._DropoutNd):
+        return module.p > 0
+    if isinstance(module, torch.nn.MultiheadAttention):
+        return module.dropout > 0
+    return isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.instancenorm._InstanceNorm))
+
+
+def mode_dependent_modules(model: torch.nn.Module) -> list[str]:
+    """Names of the modules outside the adapter layers whose forward depends on
+    train/eval mode (dropout with p > 0, batch and instance norm). The adapter's own
+    dropout is left out: a disabled adapter does not run it."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    in_adapter: set[int] = set()
+    for layer in model.modules():
+        if isinstance(layer, BaseTunerLayer):
+            for name in (*layer.adapter_layer_names, *layer.other_param_names):
+                part = getattr(layer, name, None)
+                if isinstance(part, torch.nn.Module):
+                    in_adapter.update(id(m) for m in part.modules())
+    return [
+        name for name, m in model.named_modules() if id(m) not in in_adapter and _mode_dependent(m)
+    ]
+
+
+class AdapterSwitch:
+    """The adapter layers of `model`, found once, switched off and on for the reference.
+
+    `reference()` is `reference_mode(model)` without its per-call costs: peft's
+    `disable_adapter()` walks every module of the model to find the adapter layers, and the
+    eval()/train() pair walks it twice more. Both matter when the reference runs on every
+    micro-batch (benchmarks/flow_dpo_step.py). The layers are toggled with the same public
+    `enable_adapters(False/True)` that `disable_adapter()` calls, so the adapter's
+    parameters end trainable as before. `eval_mode=None` switches to eval mode only when
+    `mode_dependent_modules` finds a module that needs it.
+    """
+
+    def __init__(self, model: PeftModel, *, eval_mode: bool | None = None) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self.model = model
+        self.layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+        if not self.layers:
+            raise ValueError(f"{type(model).__name__} has no adapter layers to switch off")
+        self.eval_mode = bool(mode_dependent_modules(model)) if eval_mode is None else eval_mode
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """The frozen base model: adapter layers off, no autograd graph, eval mode when
+        `eval_mode`."""
+        import torch
+
+        was_training = self.model.training
+        if self.eval_mode:
+            self.model.eval()
+        for layer in self.layers:
+            layer.enable_adapters(False)
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            for layer in self.layers:
+                layer.enable_adapters(True)
+            if self.eval_mode:
+                self.model.train(was_training)
 
 
 def save_adapter_dir(model: PeftModel, out_dir: Path) -> None:

@@ -93,3 +93,81 @@ def test_save_adapter_dir_writes_the_peft_directory_beside_other_files(tmp_path)
     x = torch.randn(4, 3)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(x), model(x))
+
+
+def _dit_with_trained_adapter(dropout: float = 0.0):
+    from genalign.config.part_dit import PartDiTConfig
+    from genalign.models.part_dit import PartDiT
+
+    torch.manual_seed(0)
+    cfg = PartDiTConfig(hidden=32, depth=2, heads=2, cond_dim=8, max_parts=4)
+    base = PartDiT(cfg)
+    with torch.no_grad():  # adaLN-Zero and proj_out start at zero; give them weights
+        for p in base.parameters():
+            if not p.any():
+                p.normal_(std=0.05)
+    model = attach_adapter(base, lora_config(Fields(dropout=dropout), ["to_q", "to_k", "to_v", "to_out"]))
+    with torch.no_grad():  # lora_B starts at zero: make the adapter change the output
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.1)
+    g = torch.Generator().manual_seed(1)
+    inputs = (
+        torch.randn(3, 4, cfg.tokens_per_part, cfg.token_dim, generator=g),
+        torch.rand(3, generator=g),
+        torch.randn(3, 5, 8, generator=g),
+        torch.ones(3, 4, dtype=torch.bool),
+    )
+    return model, inputs
+
+
+def test_adapter_switch_gives_reference_mode_bit_for_bit_and_restores_the_adapter():
+    from genalign.training.adapters import AdapterSwitch
+
+    model, inputs = _dit_with_trained_adapter()
+    model.train()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    with reference_mode(model):
+        expected = model(*inputs)
+    switch = AdapterSwitch(model)
+    assert not switch.eval_mode  # PartDiT has no dropout or norm statistics
+    with switch.reference():
+        ref = model(*inputs)
+        assert model.training and not ref.requires_grad
+    torch.testing.assert_close(ref, expected, rtol=0, atol=0)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+    assert not torch.allclose(model(*inputs), expected)  # the adapter is back on
+
+    with pytest.raises(RuntimeError, match="inside"), switch.reference():
+        raise RuntimeError("inside")
+    assert not torch.allclose(model(*inputs), expected)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
+
+
+def test_adapter_switch_flips_to_eval_only_where_a_module_needs_it():
+    from genalign.training.adapters import AdapterSwitch, mode_dependent_modules
+
+    # the adapter's own dropout does not count: a disabled adapter does not run it
+    model, _ = _dit_with_trained_adapter(dropout=0.3)
+    assert mode_dependent_modules(model) == []
+
+    class WithDropout(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 3)
+            self.drop = torch.nn.Dropout(0.5)
+
+        def forward(self, x):
+            return self.drop(self.proj(x))
+
+    torch.manual_seed(0)
+    model = attach_adapter(WithDropout(), lora_config(Fields(), ["proj"]))
+    assert mode_dependent_modules(model) == ["base_model.model.drop"]
+    switch = AdapterSwitch(model)
+    assert switch.eval_mode
+    model.train()
+    x = torch.randn(64, 3)
+    with switch.reference():
+        assert not model.training
+        torch.testing.assert_close(model(x), model(x))  # no dropout in the reference
+    assert model.training
