@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))  # benchmarks.penetration_reference, also in spawn
 
 from benchmarks import penetration_reference as today
 from genalign.config.score import PenetrationConfig
+from genalign.storage import atomic_write_json
 from genalign.scorers import penetration as scorer
 
 RESULTS = ROOT / "benchmarks" / "results" / "penetration_broadphase.json"
@@ -439,8 +440,7 @@ def main() -> None:
         "stage": stage,
         "workers": workers,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     print(f"\nratios: {json.dumps(result['ratios'])}\nwrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
 
 
