@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 NAME = "genalign-registry-test"
 PREPARE = {
     "train_conditions": 4, "eval_conditions": 4, "base_model": "pretrain",
-    "pretrain": {"objects": 16, "hidden": 32, "depth": 2, "heads": 2,
+    "pretrain": {"objects": 16, "hidden": 32, "depth": 2, "heads": 2, "heldout_objects": 8,
                  "training": {"steps": 2, "batch_size": 8, "warmup_steps": 1}},
 }
 ROLLOUT = {"samples_per_condition": 4, "steps": 2}

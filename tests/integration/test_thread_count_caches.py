@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 PREPARE_PRETRAIN = {
     "train_conditions": 2, "eval_conditions": 1, "base_model": "pretrain",
-    "pretrain": {"objects": 16, "hidden": 16, "depth": 2, "heads": 2,
+    "pretrain": {"objects": 16, "hidden": 16, "depth": 2, "heads": 2, "heldout_objects": 8,
                  "training": {"steps": 2, "batch_size": 8, "warmup_steps": 1}},
 }
 PREPARE_PLANNER = {

@@ -12,8 +12,12 @@ linear warmup then cosine decay (`genalign.training.schedules`), gradient clippi
 PartCrafter also shuffles the parts of each object, so the part-identity embedding marks
 parts apart without imposing an order.
 
+`heldout_loss` measures the same L on objects kept out of training, at (t, eps) drawn
+once from a fixed seed, so that it is one deterministic number for given weights.
+
     from genalign.trainers.flow_matching import pretrain
     metrics = pretrain(FlowMatchingConfig(), PartDiTConfig(cond_dim=32), latents, mask, cond, out, tracker)
+    loss = heldout_loss(PartDiT.from_pretrained(out), latents, mask, cond, draws=4, seed=0)
 """
 
 from __future__ import annotations
@@ -31,6 +35,18 @@ from genalign.losses.timesteps import flow_interpolate, flow_target, sample_time
 from genalign.models.part_dit import PartDiT
 from genalign.tracking import Tracker
 from genalign.training.schedules import warmup_cosine
+
+
+def flow_matching_errors(
+    model: PartDiT, x0: Tensor, eps: Tensor, t: Tensor, cond: Tensor, mask: Tensor
+) -> Tensor:
+    """Per-object errors `[B]` of L: || u_theta(x_t, t, c) - (x0 - eps) ||^2 averaged over the
+    real parts (`masked_mse`).
+
+    x0, eps [B, P, T, D], t [B], cond [B, Nc, C], mask [B, P] (True for real parts).
+    """
+    pred = model(flow_interpolate(x0, eps, t), t, cond, mask)
+    return masked_mse(pred, flow_target(x0, eps), mask)
 
 
 def shuffle_real_parts(
@@ -141,8 +157,7 @@ class FlowMatchingRecipe:
         eps = torch.randn(x0.shape, generator=g)
         drop = torch.rand(b, generator=g) < cfg.cfg_dropout
         cond = cond.masked_fill(drop[:, None, None], 0.0)
-        pred = self.model(flow_interpolate(x0, eps, t), t, cond, mask)
-        loss = masked_mse(pred, flow_target(x0, eps), mask).mean()
+        loss = flow_matching_errors(self.model, x0, eps, t, cond, mask).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -203,3 +218,42 @@ def pretrain(
     metrics = recipe.train(tracker)
     recipe.save(Path(out_dir))
     return metrics
+
+
+@torch.no_grad()
+def heldout_loss(
+    model: PartDiT,
+    latents: Tensor,
+    part_mask: Tensor,
+    cond: Tensor,
+    *,
+    draws: int,
+    seed: int,
+    timestep_scheme: str = "logit_normal",
+    batch_size: int = 256,
+) -> float:
+    """L of `model` (in eval mode) on `latents [N,P,T,D]`, `part_mask [N,P]`, `cond [N,Nc,C]`:
+    the mean of `flow_matching_errors` over `draws` (t, eps) draws per object.
+
+    t comes from `timestep_scheme` (the training distribution) and eps from N(0, I), all
+    drawn up front from one generator seeded with `seed`, draw-major ([draws * N]), so the
+    number depends on the weights and the data only, not on `batch_size`, and two models
+    are measured at the same draws. No conditioning dropout: this is the conditional loss.
+    """
+    if model.training:
+        raise ValueError("heldout_loss: the model is in training mode; call model.eval() first")
+    if draws < 1:
+        raise ValueError(f"heldout_loss: draws must be >= 1, got {draws}")
+    n = latents.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    x0 = latents.float().repeat(draws, 1, 1, 1)  # [draws * N, P, T, D]
+    mask = part_mask.repeat(draws, 1)  # [draws * N, P]
+    c = cond.float().repeat(draws, 1, 1)  # [draws * N, Nc, C]
+    t = sample_timesteps(draws * n, timestep_scheme, generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    errors = torch.cat([
+        flow_matching_errors(model, x0[i : i + batch_size], eps[i : i + batch_size],
+                             t[i : i + batch_size], c[i : i + batch_size], mask[i : i + batch_size])
+        for i in range(0, draws * n, batch_size)
+    ])  # fmt: skip
+    return float(errors.double().mean())
