@@ -4,7 +4,8 @@ and each test's tier from its folder.
     tests/unit         default: CPU, no subprocess, each well under a second (`make test-unit`)
     tests/contracts    the contracts every declared pipeline keeps (fast ones unit, others integration)
     tests/integration  tiny models, stages and trainers called directly, subprocesses (torchrun, kubectl)
-    tests/e2e          whole pipelines through kfp.local, services on loopback (PostgreSQL, S3, MLflow)
+    tests/e2e          whole pipelines through kfp.local, services on loopback (PostgreSQL, S3, MLflow),
+                       and rebuilding the released tiny base (minutes)
     tests/gpu          real CUDA work; skipped without a CUDA device
 """
 

@@ -278,7 +278,7 @@ def test_parse_model_ref(ref, fields):
         ("", "expected a model reference .*tiny://<arch>.*, got ''"),
         ("  ", "expected a model reference"),
         (" tiny://part-generator", "expected a model reference without surrounding spaces"),
-        ("tiny://nope", re.escape("tiny://nope: unknown tiny architecture; valid: ['part-generator', 'tiny-qwen2-vl']")),
+        ("tiny://nope", re.escape("tiny://nope: unknown tiny architecture; valid: ['part-generator', 'part-generator-pretrained', 'tiny-qwen2-vl']")),
         ("tiny://", "unknown tiny architecture"),
         ("mlflow://models/only-a-name", "expected mlflow://models/<name>@<alias> or mlflow://models/<name>/<version>"),
         ("mlflow://models/m@", "expected mlflow://models/<name>@<alias>"),
@@ -334,7 +334,7 @@ def test_model_reference_fields_check_syntax(cls, name, where, ref):
 
 
 def test_model_reference_fields_in_presets():
-    assert load_preset("part-dpo", "tiny")["prepare"]["base_model"] == "pretrain"
+    assert load_preset("part-dpo", "tiny")["prepare"]["base_model"] == "tiny://part-generator-pretrained"
     args = load_preset("part-dpo", "tiny", ["prepare.base_model=tiny://part-generator"])
     assert args["prepare"]["base_model"] == "tiny://part-generator"
     with pytest.raises(ConfigError, match=r"tiny.yaml: prepare: base_model: tiny://nope: unknown tiny"):

@@ -17,7 +17,7 @@ def test_path_refs(tmp_path):
 @pytest.mark.parametrize(
     "ref, message",
     [
-        ("tiny://nope", "unknown tiny architecture; valid: \\['part-generator', 'tiny-qwen2-vl'\\]"),
+        ("tiny://nope", "unknown tiny architecture; valid: \\['part-generator', 'part-generator-pretrained', 'tiny-qwen2-vl'\\]"),
         ("mlflow://models/only-a-name", "expected mlflow://models/<name>@<alias>"),
         ("ftp://x/y", "unknown scheme"),
     ],

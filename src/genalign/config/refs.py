@@ -1,7 +1,7 @@
 """Model references, parsed without resolving them: which form a string is, and its parts.
 
     <path>                              a local directory (any string without "://")
-    tiny://<arch>                       built by the project from a config (TINY_ARCHS)
+    tiny://<arch>                       built by the project from a config, or released with it (TINY_ARCHS)
     hf://[<org>/]<repo>[@<revision>]    a hub snapshot
     s3://<bucket>/<key>                 a prefix in the object store
     mlflow://models/<name>@<alias>      a registered model version, by alias
@@ -22,7 +22,7 @@ import re
 SCHEMES = ("tiny", "hf", "s3", "mlflow")
 # The keys of genalign.models.refs.TINY_BUILDERS, which imports torch-side builders; a unit
 # test keeps the two equal.
-TINY_ARCHS = ("part-generator", "tiny-qwen2-vl")
+TINY_ARCHS = ("part-generator", "part-generator-pretrained", "tiny-qwen2-vl")
 FORMS = (
     "a local path, tiny://<arch>, hf://<org>/<repo>[@<revision>], s3://<bucket>/<key>, "
     "mlflow://models/<name>@<alias> or mlflow://models/<name>/<version>"

@@ -6,7 +6,9 @@ Forms:
 - `mlflow://models/<name>@<alias>`:  a registered model version by alias
 - `mlflow://models/<name>/<version>`: a registered model version by number
 - `hf://<org>/<repo>[@revision]`:    a hub snapshot (clusters with a hub or mirror)
-- `tiny://<arch>`:                   built from a config by the project and saved
+- `tiny://<arch>`:                   built from a config by the project and saved, or a
+                                     released tiny model copied from the package
+                                     (`tiny://part-generator-pretrained`)
 
 Downstream code always calls `from_pretrained(local_dir)` on the result, so the tiny
 path and the real path run the same code.
@@ -61,10 +63,36 @@ def _build_tiny_qwen2_vl(out: Path) -> None:
     build_tiny_qwen2_vl(out, seed=0)
 
 
-# tiny://<arch> builders: random-init models from configs, for tests and tiny presets.
+def _copy_released(name: str, out: Path) -> None:
+    """Copy the model directory `genalign/models/released/<name>/` shipped with the package
+    (package data, so it is there in an installed wheel too) into `out`."""
+    from importlib.resources import files
+
+    source = files("genalign.models") / "released" / name
+    if not (source / MODEL_CARD).is_file():
+        raise ModelRefError(f"tiny://{name}: {source} is missing from the installed package")
+
+    def copy(src, dst: Path) -> None:
+        dst.mkdir(parents=True, exist_ok=True)
+        for item in src.iterdir():
+            if item.is_dir():
+                copy(item, dst / item.name)
+            else:
+                (dst / item.name).write_bytes(item.read_bytes())
+
+    copy(source, out)
+
+
+def _copy_part_generator_pretrained(out: Path) -> None:
+    _copy_released("part-generator-pretrained", out)
+
+
+# tiny://<arch> builders, for tests and tiny presets: random-init models from configs, and
+# released ones (built by a command, committed under genalign/models/released/, copied).
 # Their names are also declared, torch-free, as genalign.config.refs.TINY_ARCHS.
 TINY_BUILDERS: dict[str, Callable[[Path], None]] = {
     "part-generator": _build_tiny_part_generator,
+    "part-generator-pretrained": _copy_part_generator_pretrained,
     "tiny-qwen2-vl": _build_tiny_qwen2_vl,
 }
 
