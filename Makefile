@@ -36,9 +36,11 @@ pipelines: install ## compile every pipeline into pipelines/compiled/
 k8s: ## render both kustomize overlays
 	kubectl kustomize k8s/overlays/dev > /dev/null && kubectl kustomize k8s/overlays/gpu > /dev/null && echo k8s overlays render
 
-bench: install
+bench: install ## every benchmark; each prints its table and writes benchmarks/results/<name>.json
 	$(PY) benchmarks/flow_dpo_step.py
+	$(PY) benchmarks/flow_dpo_step.py --adapter dora
 	$(PY) benchmarks/penetration_broadphase.py
+	$(PY) benchmarks/rollout_scaling.py
 
 clean:
 	rm -rf .genalign

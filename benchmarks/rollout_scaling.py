@@ -29,7 +29,7 @@ writes into a fresh, empty directory made before the clock starts; one untimed r
 warms up first. The K values run in a rotating order, --repeats rounds, and each keeps
 its fastest rollout, fastest score and fastest rollout + score of one run.
 
-    python benchmarks/rollout_scaling.py [--base tiny://part-generator] [--conditions 8] [--repeats 3]
+    python benchmarks/rollout_scaling.py [--base tiny://part-generator-pretrained] [--conditions 8] [--repeats 3]
 
 Prints the table and writes benchmarks/results/rollout_scaling.json, whose `ratios` hold
 the headline numbers.
@@ -153,7 +153,7 @@ def run_once(gen, conditions: list, cond_dir: Path, k: int, cfg, scorer) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", default="tiny://part-generator",
+    parser.add_argument("--base", default="tiny://part-generator-pretrained",
                         help="model reference of the generator (genalign.models.refs.resolve)")
     parser.add_argument("--conditions", type=int, default=8, help="conditions in the shard")
     parser.add_argument("--seed", type=int, default=1234, help="condition seed (the tiny preset's prepare seed)")
