@@ -418,10 +418,8 @@ class FlowDPOTrainer:
         on_device, t, noise = (self._to_device(x) for x in (index, t, noise))
         batch = self.pairs.select(on_device)
         inputs = duplicate_for_pair(batch, t, noise)
-        with self._autocast():
-            err, u = flow_errors(self.model, *inputs)
-        policy_chosen, policy_rejected = err.chunk(2)  # [B] each
-
+        # The reference first: its buffers are freed before the policy's graph is built,
+        # so the two never hold memory at once.
         u_ref = None
         if self.ref_errors is None:
             with self.switch.reference(), self._autocast():
@@ -432,6 +430,9 @@ class FlowDPOTrainer:
             if measure_drift:
                 with self.switch.reference(), self._autocast():
                     _, u_ref = flow_errors(self.model, *inputs)
+        with self._autocast():
+            err, u = flow_errors(self.model, *inputs)
+        policy_chosen, policy_rejected = err.chunk(2)  # [B] each
 
         extra = {}
         if "chosen_policy_ref_mse" in self.extra_inputs:
