@@ -7,8 +7,8 @@ backward + gradient clipping + AdamW:
 
     plain_full       flow-matching loss on the 2B samples, every weight trained
     plain_lora       the same, only the adapter trained: the baseline of the ratios
-    dpo_live         `FlowDPOTrainer.train_step`: policy on 2B, reference forward on 2B with
-                     the adapter switched off by `AdapterSwitch`
+    dpo_live         `FlowDPOTrainer.train_step`: reference forward on 2B with the adapter
+                     switched off by `AdapterSwitch`, then the policy on 2B
     dpo_live_peft    the same step with the reference taken by peft's `disable_adapter()`
                      and eval()/train() (`reference_mode`), as before `AdapterSwitch`
     dpo_precomputed  `FlowDPOTrainer.train_step` with `precompute_reference: true`
@@ -17,9 +17,11 @@ The DPO modes run the trainer's own step (its data order, (t, noise) draws, stat
 logging to a null tracker) with one micro-batch of all B pairs; the plain modes draw (t,
 noise) once, outside the clock.
 
-Time: wall time of a block of --block steps, divided by the block; the modes' blocks
-alternate in a rotating order over --repeats rounds and each mode keeps its fastest block,
-so load from other processes hurts none more than another. A block of 10 steps holds one
+Time: a block of --block steps, divided by the block, in CPU time of this process on the
+CPU (torch on --threads 1 intra-op thread, so time other processes take is not counted)
+and in wall time on CUDA; the modes' blocks alternate in a rotating order over --repeats
+rounds and each mode keeps its fastest block, so load from other processes hurts none
+more than another. A block of 10 steps holds one
 drift measurement of the live trainer at the default log_every (the precomputed one
 measures drift every 10 x log_every). Memory, in a separate untimed pass of one step per
 mode: the bytes autograd saves for backward (saved_tensors_hooks; each storage once,
@@ -194,18 +196,21 @@ def measure(args: argparse.Namespace, base_dir: Path) -> dict:
     for mode in MODES:  # warm-up: kernels, allocator, optimizer state
         for _ in range(args.warmup):
             steps[mode]()
+    # CPU time of this process on the CPU (time another process takes from us is not
+    # counted), wall time on CUDA (the host waits for the device).
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
     best = {m: float("inf") for m in MODES}
     for r in range(args.repeats):
         order = MODES[r % len(MODES):] + MODES[: r % len(MODES)]
         for mode in order:
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = clock()
             for _ in range(args.block):
                 steps[mode]()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            best[mode] = min(best[mode], (time.perf_counter() - start) / args.block)
+            best[mode] = min(best[mode], (clock() - start) / args.block)
     rows = {}
     for mode in MODES:  # memory, untimed
         saved = [0]
@@ -233,7 +238,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--adapter", choices=("lora", "dora"), default="lora")
     parser.add_argument("--block", type=int, default=10, help="steps per timed block")
-    parser.add_argument("--repeats", type=int, default=5, help="timed blocks per mode")
+    parser.add_argument("--repeats", type=int, default=7, help="timed blocks per mode")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per mode first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA, as the trainer's default")
@@ -254,7 +259,8 @@ def main() -> None:
     print(
         f"device {res['device']}, threads {torch.get_num_threads()}, load {load:.1f}, hidden {args.hidden}, "
         f"depth {args.depth}, {args.batch} pairs x {args.parts} parts, {args.adapter} rank {args.rank}; "
-        f"fastest of {args.repeats} blocks of {args.block} steps"
+        f"fastest of {args.repeats} blocks of {args.block} steps, "
+        f"{'wall' if res['device'].startswith('cuda') else 'CPU'} time"
     )
     print(f"{'mode':<17}{'ms/step':>9}{'time x':>8}{'saved MiB':>11}{'saved x':>9}{'peak MiB':>10}{'peak x':>8}")
     for mode, r in res["modes"].items():
