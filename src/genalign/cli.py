@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genalign.config.base import ConfigError
+from genalign.secrets import masked_errors, redact
 
 if TYPE_CHECKING:
     from genalign.config.cluster import ClusterProfile
@@ -257,15 +258,17 @@ def _auth_message(host: str, status: int, auth: str) -> str:
     )
 
 
-def _submit_error(host: str, error: Exception, auth: str) -> ConfigError:
-    """An API error (kfp_server_api.ApiException) or a connection error (urllib3), said plainly."""
+def _submit_error(host: str, error: Exception, auth: str, token: str | None) -> ConfigError:
+    """An API error (kfp_server_api.ApiException) or a connection error (urllib3), said
+    plainly, with the token (from the environment or the kube config) masked in what the
+    server or the connection said."""
     import kfp_server_api
 
     if not isinstance(error, kfp_server_api.ApiException):
-        return ConfigError(f"cannot reach Kubeflow Pipelines at {host}: {error}")
+        return ConfigError(f"cannot reach Kubeflow Pipelines at {host}: {redact(str(error), also=[token])}")
     if error.status in (401, 403):
         return ConfigError(_auth_message(host, error.status, auth))
-    detail = (error.body or "").strip()[:500]
+    detail = redact((error.body or "").strip(), also=[token])[:500]
     return ConfigError(f"Kubeflow Pipelines at {host} answered HTTP {error.status} {error.reason}: {detail}")
 
 
@@ -316,7 +319,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.dry_run:
             spec = next(yaml.safe_load_all(package.read_text()))
             plan = {
-                "host": host, "auth": auth, "experiment": experiment, "run_name": run_name,
+                "host": redact(host), "auth": auth, "experiment": experiment, "run_name": run_name,
                 "namespace": namespace, "service_account": service_account,
                 "profile": args.profile, "parameters": arguments, "tasks": list(_leaf_tasks(spec)),
             }
@@ -339,14 +342,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 str(package), arguments=arguments, run_name=run_name, experiment_name=experiment,
                 namespace=namespace, service_account=service_account,
             )
-            url = f"{host}/#/runs/details/{run.run_id}"
+            url = redact(f"{host}/#/runs/details/{run.run_id}")
             print(f"submitted {args.pipeline} ({preset}) as run {run.run_id!r} in experiment {experiment!r}")
             print(f"run: {url}", flush=True)
             if not args.wait:
                 return 0
             return _wait(client, run.run_id, url, args.timeout, args.poll)
         except (kfp_server_api.ApiException, urllib3.exceptions.HTTPError) as e:
-            raise _submit_error(host, e, auth) from None
+            raise _submit_error(host, e, auth, token) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -383,7 +386,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 130
         if reason is None or "stage" not in reason:
             raise
-        print(f"genalign: stage {reason['stage']} failed: {reason['error']}", file=sys.stderr)
+        print(redact(f"genalign: stage {reason['stage']} failed: {reason['error']}"), file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -484,7 +487,7 @@ def print_run_summary(pipeline: str, run_dir: Path, uri: str, seconds: float) ->
     if uri.startswith("sqlite:///"):
         print(f"MLflow UI:          mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
     else:
-        print(f"MLflow:             {uri}")
+        print(f"MLflow:             {redact(uri)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -565,12 +568,15 @@ def _input_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; an error that carries a secret (a tracking URI with a password, a
+    token) is printed or raised with the secret masked (`genalign.secrets`)."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except _input_errors() as e:
-        print(f"genalign: error: {e}", file=sys.stderr)
-        return 2
+    with masked_errors():
+        try:
+            return args.func(args)
+        except _input_errors() as e:
+            print(f"genalign: error: {redact(str(e))}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 Library code logs through `Tracker` and never imports mlflow itself. `NullTracker`
 keeps everything in memory, for tests and for stages called from plain Python.
+
+Every tracker masks secrets (`genalign.secrets`) in what it is given: param, tag and
+metric names, param and tag values, and a registered version's tags and description.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import os
 import time
 from pathlib import Path
 from typing import Any
+
+from genalign.secrets import KEY_MASK, redact, redact_mapping
 
 
 class Tracker:
@@ -35,7 +40,7 @@ class Tracker:
 
 
 class NullTracker(Tracker):
-    """Keeps what was logged in memory."""
+    """Keeps what was logged in memory, secrets masked."""
 
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
@@ -45,10 +50,10 @@ class NullTracker(Tracker):
         self.tags: dict[str, str] = {}
 
     def log_params(self, params: dict[str, Any]) -> None:
-        self.params.update(params)
+        self.params.update(redact_mapping(params))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.metrics.append((step, dict(metrics)))
+        self.metrics.append((step, _metric_names(metrics)))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.artifacts.append((Path(path), artifact_path))
@@ -57,10 +62,15 @@ class NullTracker(Tracker):
         self.figures.append(name)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.tags.update(tags)
+        self.tags.update(redact_mapping(tags))
 
     def history(self, key: str) -> list[float]:
         return [m[key] for _, m in self.metrics if key in m]
+
+
+def _metric_names(metrics: dict[str, float]) -> dict[str, float]:
+    """`metrics` with secrets masked in their names (values are numbers)."""
+    return {redact(k, mask=KEY_MASK): v for k, v in metrics.items()}
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -127,12 +137,26 @@ def pipeline_run_id(experiment: str, pipeline_run: str, *, tags: dict[str, str] 
     )
     if found:
         return found[0].info.run_id
+    tags = redact_mapping({PIPELINE_RUN_TAG: pipeline_run, **_user_tag(), **(tags or {})})
     run = client.create_run(
-        exp_id,
-        run_name=f"{(tags or {}).get('genalign.pipeline', 'pipeline')}-{pipeline_run}"[:250],
-        tags={PIPELINE_RUN_TAG: pipeline_run, **(tags or {})},
+        exp_id, run_name=f"{tags.get('genalign.pipeline', 'pipeline')}-{pipeline_run}"[:250], tags=tags
     )
     return run.info.run_id
+
+
+def _user_tag() -> dict[str, str]:
+    """`mlflow.user`, who wrote the run: the tracking server's user when one is set
+    (MLFLOW_TRACKING_USERNAME), else the local account. `MlflowClient.create_run` records
+    "unknown" without it."""
+    import getpass
+
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if not user:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # a numeric uid with no account, as in the images
+            user = "unknown"
+    return {"mlflow.user": user}
 
 
 class MlflowTracker(Tracker):
@@ -153,20 +177,21 @@ class MlflowTracker(Tracker):
         exp_id = client.get_run(parent).info.experiment_id
         run = client.create_run(
             exp_id,
-            run_name=stage,
-            tags={
+            run_name=redact(stage),
+            tags=redact_mapping({
                 "mlflow.parentRunId": parent,
                 PIPELINE_RUN_TAG + ".child": pipeline_run,
                 "genalign.stage": stage,
+                **_user_tag(),
                 **(tags or {}),
-            },
+            }),
         )
         return cls(run.info.run_id, parent_run_id=parent)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        items = [Param(k, str(v)[:6000]) for k, v in redact_mapping(params).items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
@@ -174,7 +199,7 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        items = [Metric(k, float(v), now, step or 0) for k, v in _metric_names(metrics).items()]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
@@ -189,7 +214,7 @@ class MlflowTracker(Tracker):
         self.client.log_figure(self.run_id, figure, name)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
+        for k, v in redact_mapping(tags).items():
             self.client.set_tag(self.run_id, k, str(v))
 
     def end(self, status: str = "FINISHED") -> None:
@@ -223,15 +248,15 @@ def end_pipeline_run(
             params.setdefault(f"{stage}.{key}", value)
         if stage == report_stage and child.info.status == "FINISHED":
             report = child
-    params = {k: v for k, v in params.items() if k not in parent.data.params}
+    params = redact_mapping({k: v for k, v in params.items() if k not in parent.data.params})
     items = [Param(k[:250], v) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
     if preset:
-        client.set_tag(run_id, "genalign.preset", preset)
+        client.set_tag(run_id, "genalign.preset", redact(preset))
     if report is not None:
         now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, 0) for k, v in report.data.metrics.items() if k.startswith("eval/")]
+        metrics = [Metric(k, v, now, 0) for k, v in _metric_names(report.data.metrics).items() if k.startswith("eval/")]
         if metrics:
             client.log_batch(run_id, metrics=metrics)
     client.set_terminated(run_id, status)
@@ -255,6 +280,7 @@ def register_model_version(
     from mlflow.exceptions import MlflowException
 
     client = tracker.client
+    description = redact(description)
     try:
         client.create_registered_model(name, description=description or None)
     except MlflowException as e:
@@ -264,7 +290,7 @@ def register_model_version(
         name,
         source=tracker.artifact_uri(artifact_path),
         run_id=tracker.run_id,
-        tags={k: str(v) for k, v in tags.items()},
+        tags={k: str(v) for k, v in redact_mapping(tags).items()},
         description=description or None,
     )
     for alias in aliases:

@@ -4,6 +4,8 @@ The fake speaks the part of the v2beta1 REST API that kfp.Client 2.17 uses for
 `create_run_from_pipeline_package` (kfp/client/client.py, kfp_server_api/api/*):
 GET healthz, GET experiments (find by display_name), POST experiments, POST runs with
 the pipeline spec inlined, and GET runs/{id} while waiting. It records every request.
+No secret of the environment or the kube config reaches a printed line, a pipeline
+parameter or the pipeline spec.
 """
 
 from __future__ import annotations
@@ -18,16 +20,21 @@ import pytest
 
 from genalign.cli import main
 from genalign.config.presets import load_preset
+from genalign.secrets import SECRET_ENV
 
 TOKEN = "s3cret-t0ken-value"
+SENTINELS = {name: f"sentinel-{name.lower().replace('_', '-')}-7f3a" for name in SECRET_ENV}
 
 
 class FakeKFP:
-    """A Kubeflow Pipelines API with one namespace; `token` set: other bearers get 401."""
+    """A Kubeflow Pipelines API with one namespace; `token` set: other bearers get 401.
+    `run_error`: POST runs answers that HTTP status with a body that echoes the request's
+    Authorization header, as some gateways do."""
 
-    def __init__(self, token: str | None = TOKEN, states: list[str] | None = None):
+    def __init__(self, token: str | None = TOKEN, states: list[str] | None = None, run_error: int | None = None):
         self.token = token
         self.states = list(states or ["RUNNING"])
+        self.run_error = run_error
         self.requests: list[dict] = []
         self.experiments: list[dict] = []
         fake = self
@@ -79,6 +86,8 @@ class FakeKFP:
             self.experiments.append(experiment)
             return self.reply(h, 200, experiment)
         if route == ("POST", "/apis/v2beta1/runs"):
+            if self.run_error:
+                return self.reply(h, self.run_error, {"error": f"upstream refused {h.headers.get('Authorization')}"})
             return self.reply(h, 200, {**body, "run_id": "run-1", "state": "PENDING"})
         if route == ("GET", "/apis/v2beta1/runs/run-1"):
             state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
@@ -261,3 +270,47 @@ def test_an_unknown_pipeline_lists_the_valid_ones(capsys, command):
 def test_a_host_without_a_scheme_is_refused_before_anything_else(capsys):
     assert main(["submit", "part-dpo", "--host", "kubeflow.example.com", "--preset", "tiny"]) == 2
     assert "expected http://... or https://..." in capsys.readouterr().err
+
+
+def test_no_secret_of_the_environment_is_printed_or_sent_as_a_parameter(monkeypatch, tmp_path, capsys):
+    for name, value in SENTINELS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("KF_PIPELINES_TOKEN", TOKEN)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:url-password-5c1e@mlflow.example.com")
+    profile = tmp_path / "cluster.yaml"
+    profile.write_text("namespace: team-a\nstages:\n  train-flow-dpo: {gpus: 1}\n")
+    with FakeKFP(states=["RUNNING", "FAILED"]) as fake:
+        code = submit(fake.url, "--profile", str(profile), "--wait", "--poll", "0.01", "--timeout", "30")
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    assert "ended FAILED" in err
+    hidden = [TOKEN, "url-password-5c1e", *SENTINELS.values()]
+    (run,) = fake.calls("POST", "/apis/v2beta1/runs")
+    parameters = run["body"]["runtime_config"]["parameters"]
+    assert parameters == json.loads(json.dumps(load_preset("part-dpo", "tiny")))
+    sent = json.dumps([r["body"] for r in fake.requests]) + json.dumps([r["query"] for r in fake.requests])
+    assert [s for s in hidden if s in out + err + sent] == []
+    assert all(r["authorization"] == f"Bearer {TOKEN}" for r in fake.requests)  # the header only
+
+
+def test_a_server_error_that_echoes_the_kube_config_token_does_not_show_it(monkeypatch, tmp_path, capsys):
+    kube_config = tmp_path / "kube-config"
+    kube_config.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
+        "clusters": [{"name": "lab", "cluster": {"server": "https://127.0.0.1:6443"}}],
+        "users": [{"name": "me", "user": {"token": TOKEN}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "me"}}],
+    }))
+    monkeypatch.setenv("KUBECONFIG", str(kube_config))
+    with FakeKFP(run_error=500) as fake:
+        assert submit(fake.url) == 2
+    err = capsys.readouterr().err
+    assert f"Kubeflow Pipelines at {fake.url} answered HTTP 500" in err
+    assert "upstream refused Bearer ***" in err and TOKEN not in err
+
+
+def test_a_host_with_a_password_is_printed_without_it(capsys):
+    assert submit("https://alice:host-password-91d2@kubeflow.example.com/pipeline", "--dry-run") == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["host"] == "https://***@kubeflow.example.com/pipeline"
+    assert "host-password-91d2" not in out + err

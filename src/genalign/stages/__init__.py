@@ -15,6 +15,8 @@ first two share, and it owns everything around the stage's own work:
 - tracking: one MLflow child run per stage under the pipeline's parent, with the config
   as params, the metrics, and (once it succeeded) the stage name, iteration and output
   URIs that `--resume-from` reads back; a failure is tagged with its reason;
+- secrets never leave it (`genalign.secrets`): the tracker masks what it logs, the failure
+  reason is masked, and an error that carries a secret is raised with it masked;
 - under torchrun only rank 0 tracks, seals and publishes outputs; other ranks write to
   scratch directories that are dropped;
 - `.NAME.*.tmp` directories that a killed stage left beside an output are removed.
@@ -36,6 +38,7 @@ from typing import Any
 
 from genalign.config.base import ConfigError, flatten
 from genalign.config.pipelines import STAGES, Stage, get_stage
+from genalign.secrets import masked_errors, redact
 from genalign.tracking import ERROR_TAG, ITERATION_TAG, OUTPUT_TAG, REUSED_TAG, SHARD_TAG, STAGE_TAG
 
 __all__ = ["STAGES", "Stage", "StageResult", "get_stage", "run_stage"]
@@ -101,6 +104,7 @@ def _decode(stored: dict[str, Any]) -> StageResult:
                        summary=stored["summary"], reused=True)
 
 
+@masked_errors()
 def run_stage(
     name: str,
     config: dict[str, Any],
@@ -187,7 +191,8 @@ def run_stage(
                 artifacts.publish(local_out[key], uri)
         except BaseException as e:
             if tracking and rank == 0:
-                tracker.set_tags({ERROR_TAG: f"{type(e).__name__}: {e}"[:5000]})
+                # masked before it is cut, so that no part of a secret is left
+                tracker.set_tags({ERROR_TAG: redact(f"{type(e).__name__}: {e}")[:5000]})
                 tracker.end("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
             raise
     tracker.log_metrics(result.metrics)
