@@ -3,13 +3,17 @@ and the importer of an earlier run's artifacts (resume).
 
 `profile` is `genalign.config.cluster.ClusterProfile.to_dict()`: the CLI loads and checks
 the YAML, the pipelines only read the dict (they import nothing but kfp and components).
-Every task gets the MLflow ConfigMap and the object-store Secret; every stage's task
-also the model cache, and its CPU, memory and GPUs from the profile's `stages`, and GPU
-tasks the GPU nodes' selector and tolerations. kfp.local ignores all of it, so
-`genalign run` is unchanged.
+Every task gets the MLflow ConfigMap, the object-store Secret, the Secret of the pipelines'
+MLflow user and the pod label that the MLflow NetworkPolicy admits
+(k8s/base/mlflow-networkpolicy.yaml); every stage's task also the model cache, and its CPU,
+memory and GPUs from the profile's `stages`, and GPU tasks the GPU nodes' selector and
+tolerations. kfp.local ignores all of it, so `genalign run` is unchanged.
 """
 
 from kfp import dsl, kubernetes
+
+# The label k8s/base/mlflow-networkpolicy.yaml admits to the MLflow server's port.
+MLFLOW_CLIENT_LABEL = ("genalign.io/mlflow-client", "true")
 
 
 def apply_profile(task: dsl.PipelineTask, profile: dict | None, *, stage: bool = True) -> dsl.PipelineTask:
@@ -27,6 +31,11 @@ def apply_profile(task: dsl.PipelineTask, profile: dict | None, *, stage: bool =
         kubernetes.use_secret_as_env(
             task, secret_name=profile["s3_secret"], secret_key_to_env=profile["s3_secret_keys"]
         )
+    if profile["mlflow_secret"]:
+        kubernetes.use_secret_as_env(
+            task, secret_name=profile["mlflow_secret"], secret_key_to_env=profile["mlflow_secret_keys"]
+        )
+    kubernetes.add_pod_label(task, label_key=MLFLOW_CLIENT_LABEL[0], label_value=MLFLOW_CLIENT_LABEL[1])
     if not stage:
         return task
     if profile["model_cache_pvc"]:

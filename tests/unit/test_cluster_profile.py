@@ -18,6 +18,8 @@ namespace: team-a
 service_account: pipeline-runner
 tracking_configmap: genalign-tracking
 s3_secret: genalign-s3
+mlflow_secret: team-a-mlflow
+mlflow_secret_keys: {user: MLFLOW_TRACKING_USERNAME, pass: MLFLOW_TRACKING_PASSWORD}
 model_cache_pvc: genalign-model-cache
 model_cache_mount: /mnt/models
 trainer_runtime: torch-distributed
@@ -49,6 +51,8 @@ def test_full_profile_loads_with_quantities_as_strings(tmp_path):
     assert profile.stages["train-flow-dpo"] == StageResources(gpus=8, cpu="500m", memory="512Gi", nodes=2)
     assert profile.stages["prepare-parts"].cpu == "0.5"
     assert (profile.model_cache_mount, profile.trainer_runtime) == ("/mnt/models", "torch-distributed")
+    assert profile.mlflow_secret == "team-a-mlflow"
+    assert profile.mlflow_secret_keys == {"user": "MLFLOW_TRACKING_USERNAME", "pass": "MLFLOW_TRACKING_PASSWORD"}
     # the pipelines receive plain JSON-able data
     data = json.loads(json.dumps(profile.to_dict()))
     assert data["stages"]["train-flow-dpo"]["gpus"] == 8
@@ -60,6 +64,9 @@ def test_empty_profile_has_the_documented_defaults(tmp_path):
     assert profile == ClusterProfile()
     assert (profile.tracking_configmap, profile.s3_secret) == ("genalign-tracking", "genalign-s3")
     assert profile.s3_secret_keys == {k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")}
+    # the Secret k8s/README.md creates for the pipelines' MLflow user, as MLflow's client reads it
+    assert profile.mlflow_secret == "genalign-mlflow-pipeline"
+    assert profile.mlflow_secret_keys == {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
     assert profile.gpu.resource == "nvidia.com/gpu"
     assert profile.model_cache_pvc is None and profile.stages == {}
 
@@ -71,7 +78,8 @@ def test_the_example_profile_of_k8s_loads():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("namespce: a\n", r"unknown key\(s\) \['namespce'\]; valid keys are \['gpu', 'model_cache_mount', 'model_cache_pvc', "),
+    ("namespce: a\n", (r"unknown key\(s\) \['namespce'\]; valid keys are \['gpu', 'mlflow_secret', 'mlflow_secret_keys', "
+                       r"'model_cache_mount', 'model_cache_pvc', ")),
     ("gpu: {resorce: x}\n", r"gpu: unknown key\(s\) \['resorce'\]; valid keys are \['node_selector', 'resource', 'tolerations'\]"),
     ("stages:\n  rollout-parts: {gpu: 1}\n", r"stages.rollout-parts: unknown key\(s\) \['gpu'\]; valid keys are \['cpu', 'gpus', 'memory', 'nodes'\]"),
     ("stages:\n  rollout-parts: {cpu: lots}\n", r"stages.rollout-parts: cpu: 'lots' is not a Kubernetes quantity, e.g. 8 or 500m"),
@@ -84,6 +92,7 @@ def test_the_example_profile_of_k8s_loads():
     ("gpu:\n  tolerations: [{key: a, operator: Like}]\n", r"gpu.tolerations\[0\].operator: 'Like' is not one of \['Equal', 'Exists'\]"),
     ("gpu:\n  node_selector: {gpu: true}\n", r"node_selector values must be strings \(quote them in YAML\)"),
     ("model_cache_mount: models\n", r"model_cache_mount must be absolute"),
+    ("mlflow_secret_keys: {username: 1}\n", r"mlflow_secret_keys must map secret keys to env var names \(strings\), got \{'username': 1\}"),
     ("- a\n- b\n", r"expected a mapping at the top level, got list"),
     ("a: [\n", r"not valid YAML"),
 ])

@@ -19,6 +19,8 @@ service_account: pipeline-runner
 tracking_configmap: mlflow-env
 s3_secret: store-credentials
 s3_secret_keys: {access-key: AWS_ACCESS_KEY_ID, secret-key: AWS_SECRET_ACCESS_KEY, endpoint: MLFLOW_S3_ENDPOINT_URL}
+mlflow_secret: mlflow-user
+mlflow_secret_keys: {user: MLFLOW_TRACKING_USERNAME, pass: MLFLOW_TRACKING_PASSWORD}
 model_cache_pvc: model-cache
 model_cache_mount: /cache
 gpu:
@@ -57,11 +59,25 @@ def test_every_task_gets_the_tracking_configmap_and_store_secret(compiled_with_p
     (configmap,) = k8s["configMapAsEnv"]
     assert configmap["configMapName"] == "mlflow-env"
     assert configmap["keyToEnv"] == [{"configMapKey": "MLFLOW_TRACKING_URI", "envVar": "MLFLOW_TRACKING_URI"}]
-    (secret,) = k8s["secretAsEnv"]
-    assert secret["secretName"] == "store-credentials"
-    assert {e["secretKey"]: e["envVar"] for e in secret["keyToEnv"]} == {
-        "access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY", "endpoint": "MLFLOW_S3_ENDPOINT_URL",
+    secrets = {s["secretName"]: {e["secretKey"]: e["envVar"] for e in s["keyToEnv"]} for s in k8s["secretAsEnv"]}
+    assert secrets == {
+        "store-credentials": {
+            "access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY", "endpoint": "MLFLOW_S3_ENDPOINT_URL",
+        },
+        # the pipelines' MLflow user, for a tracking server with MLflow's basic-auth app
+        "mlflow-user": {"user": "MLFLOW_TRACKING_USERNAME", "pass": "MLFLOW_TRACKING_PASSWORD"},
     }
+
+
+def test_every_executor_gets_the_mlflow_user_and_the_label_the_network_policy_admits(compiled_with_profile):
+    """Every pod of the run that runs code, stage or not: k8s/base/mlflow-networkpolicy.yaml
+    admits only pods with this label to the MLflow server."""
+    pipeline_spec, platform = compiled_with_profile
+    executors = pipeline_spec["deploymentSpec"]["executors"]
+    assert set(platform) == set(executors) and len(executors) == len(STAGE_TASKS) + 1
+    for name, k8s in platform.items():
+        assert k8s["podMetadata"] == {"labels": {"genalign.io/mlflow-client": "true"}}, name
+        assert "mlflow-user" in {s["secretName"] for s in k8s["secretAsEnv"]}, name
 
 
 @pytest.mark.parametrize("task", STAGE_TASKS)
@@ -123,8 +139,20 @@ def test_the_example_profile_of_k8s_compiles(tmp_path):
     assert main(["compile", "part-dpo", "--profile", str(ROOT / "k8s" / "cluster-profile.example.yaml"), "-o", str(out)]) == 0
     _, platform_spec = yaml.safe_load_all(out.read_text())
     train = platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-flow-dpo"]
-    assert train["secretAsEnv"][0]["secretName"] == "genalign-s3"
+    assert [s["secretName"] for s in train["secretAsEnv"]] == ["genalign-s3", "genalign-mlflow-pipeline"]
     assert train["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
+
+
+def test_a_profile_without_an_mlflow_secret_still_labels_every_pod(tmp_path):
+    """A tracking server without authentication: no credentials, the NetworkPolicy still applies."""
+    profile = tmp_path / "cluster.yaml"
+    profile.write_text("mlflow_secret: null\n")
+    out = tmp_path / "part-dpo.yaml"
+    assert main(["compile", "part-dpo", "--preset", "tiny", "--profile", str(profile), "-o", str(out)]) == 0
+    _, platform_spec = yaml.safe_load_all(out.read_text())
+    for name, k8s in platform_spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
+        assert [s["secretName"] for s in k8s["secretAsEnv"]] == ["genalign-s3"], name
+        assert k8s["podMetadata"]["labels"] == {"genalign.io/mlflow-client": "true"}, name
 
 
 @pytest.mark.parametrize("stages, message", [

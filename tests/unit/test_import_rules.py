@@ -73,17 +73,21 @@ ROOT_PACKAGE = "genalign"
 # The layers of DESIGN.md, lowest first: a module imports its own layer and the layers
 # below it, never one above. Where this differs from the order in which DESIGN.md's
 # layout lists the folders, the code decides:
-# - tracking sits with storage: it imports nothing of genalign, and the trainers (which
-#   log their steps) and the model resolver (which reads the registry) use it;
+# - tracking sits with storage: it imports nothing of genalign but secrets (which masks
+#   what it logs), and the trainers (which log their steps) and the model resolver (which
+#   reads the registry) use it;
 # - evaluation sits below the generators and scorers: its metrics are measurements that
 #   the penetration scorer shares (the voxel scan converter), and the evaluate stages
 #   compose evaluation with generators and scorers;
+# - backup and registry_access sit with storage: the entry points of k8s/'s backup
+#   CronJob and users Job, they import nothing of genalign;
 # - resume sits just below the stages: it reads the pipelines' declarations and the
 #   tags the stages' MLflow runs carry, never a stage.
 # Entries may name modules that do not exist yet.
 LAYERS: list[tuple[str, ...]] = [
     ("genalign.config",),
-    ("genalign.storage", "genalign.records", "genalign.artifacts", "genalign.tracking"),
+    ("genalign.storage", "genalign.records", "genalign.artifacts", "genalign.tracking", "genalign.secrets",
+     "genalign.backup", "genalign.registry_access"),
     ("genalign.losses",),
     ("genalign.models",),
     ("genalign.data", "genalign.render"),

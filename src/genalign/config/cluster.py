@@ -10,6 +10,7 @@ Used by `genalign compile/submit --profile`:
     service_account: genalign-pipeline
     tracking_configmap: genalign-tracking     # key MLFLOW_TRACKING_URI
     s3_secret: genalign-s3                    # keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, MLFLOW_S3_ENDPOINT_URL
+    mlflow_secret: genalign-mlflow-pipeline   # keys username, password: the pipeline's MLflow user
     model_cache_pvc: genalign-model-cache     # ReadWriteMany, mounted by every stage
     model_cache_mount: /mnt/model-cache
     gpu:
@@ -121,6 +122,21 @@ DEFAULT_S3_KEYS = {
 }
 
 
+# Keys of the MLflow credentials secret -> the variables MLflow's client sends as HTTP basic
+# auth (mlflow.utils.credentials.get_default_host_creds), for a server running MLflow's
+# basic-auth app; k8s/base/mlflow-users-job.yaml creates the user from the same Secret.
+DEFAULT_MLFLOW_KEYS = {
+    "username": "MLFLOW_TRACKING_USERNAME",
+    "password": "MLFLOW_TRACKING_PASSWORD",
+}
+
+
+def _check_key_map(name: str, keys: dict) -> None:
+    bad = {k: v for k, v in keys.items() if not isinstance(v, str) or not isinstance(k, str)}
+    if bad:
+        raise ValueError(f"{name} must map secret keys to env var names (strings), got {bad}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ClusterProfile(Config):
     """One cluster's settings for every task of a pipeline."""
@@ -143,6 +159,16 @@ class ClusterProfile(Config):
         default_factory=lambda: dict(DEFAULT_S3_KEYS),
         help="Keys of s3_secret -> environment variables they become in every task.",
     )
+    # The Secret k8s/README.md has the operator create for the MLflow user of the pipelines.
+    mlflow_secret: str | None = field(
+        "genalign-mlflow-pipeline",
+        help="Secret with the MLflow user every task logs and registers as; empty: none "
+        "(a tracking server without authentication).",
+    )
+    mlflow_secret_keys: dict[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_MLFLOW_KEYS),
+        help="Keys of mlflow_secret -> environment variables they become in every task.",
+    )
     model_cache_pvc: str | None = field(
         None,
         help="PersistentVolumeClaim (ReadWriteMany) every stage mounts as its model cache "
@@ -162,9 +188,8 @@ class ClusterProfile(Config):
     )
 
     def __post_init__(self) -> None:
-        bad = {k: v for k, v in self.s3_secret_keys.items() if not isinstance(v, str) or not isinstance(k, str)}
-        if bad:
-            raise ValueError(f"s3_secret_keys must map secret keys to env var names (strings), got {bad}")
+        _check_key_map("s3_secret_keys", self.s3_secret_keys)
+        _check_key_map("mlflow_secret_keys", self.mlflow_secret_keys)
         if not self.model_cache_mount.startswith("/"):
             raise ValueError(f"model_cache_mount must be absolute, got {self.model_cache_mount!r}")
         stages = {}
