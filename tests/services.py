@@ -1,5 +1,5 @@
 """Real services on loopback for integration tests: PostgreSQL, an S3 server (moto) and an
-MLflow tracking server using both.
+MLflow tracking server using both, with or without MLflow's basic-auth app.
 
 Each starter is a context manager that starts one process on 127.0.0.1 and a free port,
 waits until it answers (or raises with the process's log), yields how to reach it, and
@@ -13,6 +13,7 @@ import contextlib
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -23,7 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -109,11 +110,25 @@ class Postgres:
     port: int
     database: str
     user: str
+    bindir: Path = field(repr=False)
 
     @property
     def uri(self) -> str:
+        return self.uri_of(self.database)
+
+    def uri_of(self, database: str) -> str:
         # the driver is named: SQLAlchemy 2.1 maps a bare postgresql:// to psycopg (3)
-        return f"postgresql+psycopg2://{self.user}@{HOST}:{self.port}/{self.database}"
+        return f"postgresql+psycopg2://{self.user}@{HOST}:{self.port}/{database}"
+
+    def create_database(self, database: str) -> str:
+        """A new empty database in this cluster; its URI."""
+        made = subprocess.run(
+            [str(self.bindir / "createdb"), "-h", HOST, "-p", str(self.port), "-U", self.user, database],
+            capture_output=True, text=True, check=False,
+        )
+        if made.returncode != 0:
+            raise ServiceError(f"createdb {database} failed: {made.stderr}")
+        return self.uri_of(database)
 
 
 @contextlib.contextmanager
@@ -166,13 +181,12 @@ def postgres(database: str = "mlflow", timeout: float = 60) -> Iterator[Postgres
                                    check=False).returncode == 0,
             proc, log, "postgres", timeout,
         )
-        made = subprocess.run(
-            [str(bindir / "createdb"), "-h", HOST, "-p", str(port), "-U", "postgres", database],
-            capture_output=True, text=True, check=False,
-        )
-        if made.returncode != 0:
-            raise ServiceError(f"createdb {database} failed: {made.stderr}\n{_tail(log)}")
-        yield Postgres(port=port, database=database, user="postgres")
+        pg = Postgres(port=port, database=database, user="postgres", bindir=bindir)
+        try:
+            pg.create_database(database)
+        except ServiceError as e:
+            raise ServiceError(f"{e}\n{_tail(log)}") from None
+        yield pg
     finally:
         if proc is not None:
             if proc.poll() is None:
@@ -232,17 +246,61 @@ def moto_s3(bucket: str = "genalign", timeout: float = 60) -> Iterator[S3]:
 # --------------------------------------------------------------------------- MLflow
 
 
+@dataclass(frozen=True)
+class BasicAuth:
+    """Settings of MLflow's basic-auth app (`mlflow server --app-name basic-auth`): where it
+    keeps users and permissions, what an authenticated user may do by default, and the
+    admin it creates on its first start against an empty user store."""
+
+    database_uri: str
+    admin_username: str
+    admin_password: str = field(repr=False)  # kept out of assertion messages and logs
+    default_permission: str = "READ"
+    # seconds a successful credential check is remembered; 0 (MLflow's default) hashes the
+    # password again on every request
+    auth_cache_ttl_seconds: int = 0
+
+    def ini(self) -> str:
+        """The file MLFLOW_AUTH_CONFIG_PATH names; keys as in mlflow/server/auth/basic_auth.ini."""
+        values = (self.database_uri, self.admin_username, self.admin_password, self.default_permission)
+        if any(c in v for v in values for c in "%\n"):
+            # configparser reads `%` as interpolation and a newline as the end of a value
+            raise ValueError("basic-auth settings cannot hold '%' or a newline")
+        return (
+            "[mlflow]\n"
+            f"default_permission = {self.default_permission}\n"
+            f"database_uri = {self.database_uri}\n"
+            f"admin_username = {self.admin_username}\n"
+            f"admin_password = {self.admin_password}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            f"auth_cache_ttl_seconds = {self.auth_cache_ttl_seconds}\n"
+        )
+
+
 @dataclass
 class MlflowServer:
     uri: str
     log: Path
     artifacts_destination: str
+    auth: BasicAuth | None = None
+
+
+# set in the environment they would replace the auth ini's admin (mlflow/server/auth/config.py)
+_AUTH_ENV_OVERRIDES = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_AUTH_CONFIG_PATH")
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, s3: S3, prefix: str = "mlflow", timeout: float = 120) -> Iterator[MlflowServer]:
+def mlflow_server(backend_uri: str, s3: S3, prefix: str = "mlflow", timeout: float = 120,
+                  auth: BasicAuth | None = None) -> Iterator[MlflowServer]:
     """`mlflow server` on 127.0.0.1:<free port>: runs and registry in `backend_uri`,
-    artifacts proxied by the server (`--serve-artifacts`) into s3://<bucket>/<prefix>."""
+    artifacts proxied by the server (`--serve-artifacts`) into s3://<bucket>/<prefix>.
+
+    With `auth`, the server runs the basic-auth app: every request but /health needs HTTP
+    basic credentials of a user in `auth.database_uri`. The app migrates that database and
+    creates the admin in the `mlflow server` process before uvicorn starts its worker, so
+    /health answering means the admin can log in. Its ini file lives in the server's temp
+    dir, readable by its owner only, and goes with it.
+    """
     exe = BIN / "mlflow"
     root = Path(tempfile.mkdtemp(prefix="genalign-mlflow-"))
     log = root / "mlflow-server.log"
@@ -250,30 +308,53 @@ def mlflow_server(backend_uri: str, s3: S3, prefix: str = "mlflow", timeout: flo
     uri = f"http://{HOST}:{port}"
     destination = f"s3://{s3.bucket}/{prefix}"
     env = {
-        **os.environ, **S3_ENV,
+        **{k: v for k, v in os.environ.items() if k not in _AUTH_ENV_OVERRIDES}, **S3_ENV,
         "MLFLOW_S3_ENDPOINT_URL": s3.endpoint,
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_TRACKING_URI": uri,
         "NO_PROXY": HOST, "no_proxy": HOST,
     }
+    app = []
+    if auth is not None:
+        ini = root / "basic_auth.ini"
+        ini.touch(mode=0o600)
+        ini.write_text(auth.ini())
+        # the app refuses to start without a static key (it signs CSRF tokens of the signup form)
+        env |= {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+        app = ["--app-name", "basic-auth"]
     with open(log, "ab") as out:
+        # with --app-name too, uvicorn serves the app (create_app as a factory) and --workers applies
         proc = subprocess.Popen(
             [str(exe), "server", "--backend-store-uri", backend_uri,
              "--artifacts-destination", destination, "--serve-artifacts",
-             "--host", HOST, "--port", str(port), "--workers", "1"],
+             "--host", HOST, "--port", str(port), "--workers", "1", *app],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env=env, cwd=root,
         )
     try:
         _wait(lambda: _http_ok(f"{uri}/health"), proc, log, "mlflow server", timeout)
-        yield MlflowServer(uri=uri, log=log, artifacts_destination=destination)
+        yield MlflowServer(uri=uri, log=log, artifacts_destination=destination, auth=auth)
     finally:
         _stop(proc)
         shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def tracking_stack(bucket: str = "genalign") -> Iterator[tuple[MlflowServer, S3, Postgres]]:
-    """PostgreSQL + moto S3 + an MLflow server using both, stopped in reverse order."""
-    with postgres() as pg, moto_s3(bucket) as s3, mlflow_server(pg.uri, s3) as server:
-        yield server, s3, pg
+def tracking_stack(bucket: str = "genalign", admin: tuple[str, str] | None = None
+                   ) -> Iterator[tuple[MlflowServer, S3, Postgres]]:
+    """PostgreSQL + moto S3 + an MLflow server using both, stopped in reverse order.
+
+    With `admin` (username, password) the server runs the basic-auth app, its users and
+    permissions in a second database of the same cluster, `mlflow_auth`, as
+    k8s/base/mlflow.yaml keeps them: apart from the tracking store's tables and migrations.
+    """
+    with postgres() as pg, moto_s3(bucket) as s3:
+        auth = None
+        if admin is not None:
+            auth = BasicAuth(database_uri=pg.create_database("mlflow_auth"),
+                             admin_username=admin[0], admin_password=admin[1],
+                             # without it every request hashes the password again (scrypt,
+                             # ~0.15 s): part-dpo's e2e run took about twice as long
+                             auth_cache_ttl_seconds=600)
+        with mlflow_server(pg.uri, s3, auth=auth) as server:
+            yield server, s3, pg
