@@ -58,3 +58,23 @@ def pytest_collection_modifyitems(config, items):
             if not cuda:
                 item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
+
+
+# Secret sentinels (tests/unit/test_secrets.py, tests/integration/test_secrets_tracking.py):
+# one distinct value per credential variable, each long enough to be masked.
+URL_PASSWORD = "url-password-5c1e"
+
+
+def secret_sentinels() -> dict[str, str]:
+    from genalign.secrets import SECRET_ENV
+
+    return {name: f"sentinel-{name.lower().replace('_', '-')}-7f3a" for name in SECRET_ENV}
+
+
+@pytest.fixture
+def sentinels(monkeypatch):
+    """Every genalign.secrets.SECRET_ENV variable set to its sentinel."""
+    values = secret_sentinels()
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values

@@ -110,8 +110,8 @@ def grant_edit(client, username: str, prefix: str = DEFAULT_PREFIX, *, tracking=
         from mlflow import MlflowClient
 
         tracking = MlflowClient(tracking_uri=client.tracking_uri)
-    targets = [(EXPERIMENT, e.experiment_id, e.name) for e in _experiments(tracking, prefix)]
-    targets += [(REGISTERED_MODEL, m.name, m.name) for m in _registered_models(tracking, prefix)]
+    targets = [(EXPERIMENT, e.experiment_id, e.name) for e in _named(tracking.search_experiments, prefix)]
+    targets += [(REGISTERED_MODEL, m.name, m.name) for m in _named(tracking.search_registered_models, prefix)]
     done = []
     for resource_type, resource_id, name in targets:
         before = client.get_user_permission(username, resource_type, resource_id).permission
@@ -129,26 +129,14 @@ def grant_edit(client, username: str, prefix: str = DEFAULT_PREFIX, *, tracking=
     return done
 
 
-def _experiments(tracking, prefix: str) -> Iterator:
+def _named(search, prefix: str) -> Iterator:
+    """Every experiment or registered model `search` (an MlflowClient search method) finds
+    whose name starts with `prefix`, page by page."""
     token = None
     while True:
-        page = tracking.search_experiments(
-            filter_string=f"name LIKE '{prefix}%'", max_results=PAGE_SIZE, page_token=token
-        )
+        page = search(filter_string=f"name LIKE '{prefix}%'", max_results=PAGE_SIZE, page_token=token)
         # LIKE reads '_' as any one character: keep the names that really start with prefix
-        yield from (e for e in page if e.name.startswith(prefix))
-        token = page.token
-        if not token:
-            return
-
-
-def _registered_models(tracking, prefix: str) -> Iterator:
-    token = None
-    while True:
-        page = tracking.search_registered_models(
-            filter_string=f"name LIKE '{prefix}%'", max_results=PAGE_SIZE, page_token=token
-        )
-        yield from (m for m in page if m.name.startswith(prefix))
+        yield from (found for found in page if found.name.startswith(prefix))
         token = page.token
         if not token:
             return

@@ -8,8 +8,8 @@ import socket
 import traceback
 
 import pytest
+from conftest import URL_PASSWORD, secret_sentinels  # tests/conftest.py: the sentinels fixture
 
-from genalign import secrets
 from genalign.config.refs import ModelRefError
 from genalign.stages import run_stage
 from genalign.tracking import (
@@ -20,15 +20,7 @@ from genalign.tracking import (
     tracking_uri,
 )
 
-SENTINELS = {name: f"sentinel-{name.lower().replace('_', '-')}-7f3a" for name in secrets.SECRET_ENV}
-URL_PASSWORD = "url-password-5c1e"
-
-
-@pytest.fixture
-def sentinels(monkeypatch):
-    for name, value in SENTINELS.items():
-        monkeypatch.setenv(name, value)
-    return SENTINELS
+SENTINELS = secret_sentinels()
 
 
 def stored(client, run_id: str) -> str:

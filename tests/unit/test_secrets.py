@@ -8,6 +8,7 @@ import socket
 import traceback
 
 import pytest
+from conftest import URL_PASSWORD, secret_sentinels  # tests/conftest.py: the sentinels fixture
 
 from genalign import secrets
 from genalign.cli import TOKEN_ENV, main
@@ -23,17 +24,7 @@ from genalign.secrets import (
 )
 from genalign.tracking import ERROR_TAG, MlflowTracker, NullTracker
 
-# One distinct value per variable, each long enough to be masked.
-SENTINELS = {name: f"sentinel-{name.lower().replace('_', '-')}-7f3a" for name in secrets.SECRET_ENV}
-URL_PASSWORD = "url-password-5c1e"
-
-
-@pytest.fixture
-def sentinels(monkeypatch):
-    """Every SECRET_ENV variable set to its sentinel."""
-    for name, value in SENTINELS.items():
-        monkeypatch.setenv(name, value)
-    return SENTINELS
+SENTINELS = secret_sentinels()
 
 
 def assert_clean(text: str) -> None:
