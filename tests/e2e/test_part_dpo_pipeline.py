@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from genalign.cli import main
 from genalign.config.presets import load_preset
 from genalign.stages import run_stage
 
@@ -40,13 +39,11 @@ def run_direct(args: dict, out: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("part-dpo")
+def runs(tmp_path_factory, part_dpo_run):
+    """The stages run directly, and the pipeline run (tests/e2e/conftest.py)."""
     args = load_preset("part-dpo", "e2e")
-    direct = run_direct(args, root / "direct")
-    assert main(["run", "part-dpo", "--preset", "e2e", "--pipeline-root", str(root / "kfp")]) == 0
-    (run_dir,) = list((root / "kfp").iterdir())
-    return args, direct, run_dir
+    direct = run_direct(args, tmp_path_factory.mktemp("part-dpo-direct"))
+    return args, direct, part_dpo_run
 
 
 def one(run_dir: Path, pattern: str) -> Path:

@@ -1,8 +1,9 @@
 """part-dpo against a real MLflow tracking server: PostgreSQL for runs and the registry,
 moto's S3 server as the artifact store, both on loopback, artifacts proxied by the server.
 
-The scaled-down pipeline runs twice through kfp.local, once with the embedded default
-store (SQLite) and once with MLFLOW_TRACKING_URI pointing at the server: the evaluation
+The scaled-down pipeline runs through kfp.local with the embedded default store (SQLite;
+the session's run of tests/e2e/conftest.py) and with MLFLOW_TRACKING_URI pointing at the
+server: the evaluation
 numbers agree, the server holds the parent run and its stage runs, the registered
 version's bytes are in the bucket, and `mlflow://models/<name>@candidate` downloads the
 adapter back through the server and loads over the base model with the same outputs as
@@ -72,9 +73,10 @@ def run_pipeline(root: Path, env: dict[str, str | None]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tracking_server, tmp_path_factory):
+def runs(tracking_server, tmp_path_factory, part_dpo_run):
+    """The run with the embedded store (tests/e2e/conftest.py) and one on the server."""
     server, _, _ = tracking_server
-    embedded = run_pipeline(tmp_path_factory.mktemp("embedded"), {})
+    embedded = part_dpo_run
     remote = run_pipeline(
         tmp_path_factory.mktemp("remote"),
         {"MLFLOW_TRACKING_URI": server.uri, **{k: None for k in CLIENT_S3_VARS}},
