@@ -60,20 +60,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 
-# Secret sentinels (tests/unit/test_secrets.py, tests/integration/test_secrets_tracking.py):
-# one distinct value per credential variable, each long enough to be masked.
-URL_PASSWORD = "url-password-5c1e"
-
-
-def secret_sentinels() -> dict[str, str]:
-    from genalign.secrets import SECRET_ENV
-
-    return {name: f"sentinel-{name.lower().replace('_', '-')}-7f3a" for name in SECRET_ENV}
-
 
 @pytest.fixture
 def sentinels(monkeypatch):
-    """Every genalign.secrets.SECRET_ENV variable set to its sentinel."""
+    """Every genalign.secrets.SECRET_ENV variable set to its sentinel (tests/secret_sentinels.py)."""
+    from secret_sentinels import secret_sentinels
+
     values = secret_sentinels()
     for name, value in values.items():
         monkeypatch.setenv(name, value)

@@ -8,7 +8,7 @@ import socket
 import traceback
 
 import pytest
-from conftest import URL_PASSWORD, secret_sentinels  # tests/conftest.py: the sentinels fixture
+from secret_sentinels import URL_PASSWORD, secret_sentinels  # tests/secret_sentinels.py
 
 from genalign.config.refs import ModelRefError
 from genalign.stages import run_stage
