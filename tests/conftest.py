@@ -70,3 +70,15 @@ def sentinels(monkeypatch):
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test: tiny models run fastest on one, and a second
+    OpenMP thread only adds contention on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -20,13 +20,7 @@ from genalign.trainers.flow_matching import pretrain, shuffle_real_parts, warmup
 SMALL = PartDiTConfig(hidden=32, depth=2, heads=2, cond_dim=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread, and do not stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _toy_set(n: int = 64, seed: int = 0):

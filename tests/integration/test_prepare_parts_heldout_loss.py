@@ -7,7 +7,6 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
-import torch
 
 from genalign.artifacts import read_model_card
 from genalign.config.part_dpo import PreparePartsConfig
@@ -15,7 +14,7 @@ from genalign.config.presets import load_preset
 from genalign.stages import run_stage
 from genalign.trainers.part_base import HELDOUT_METRIC, base_heldout_loss
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]  # one_thread: tests/conftest.py
 
 RELEASED = Path(str(files("genalign.models") / "released" / "part-generator-pretrained"))
 PRETRAIN = {
@@ -25,12 +24,6 @@ PRETRAIN = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def prepare(cfg: dict, out: Path):

@@ -28,13 +28,7 @@ SMALL = PartDiTConfig(hidden=16, depth=2, heads=2, cond_dim=8)
 RELEASED = Path(str(files("genalign.models") / "released" / "part-generator-pretrained"))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread, and do not stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _model(seed: int) -> PartDiT:

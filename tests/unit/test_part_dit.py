@@ -18,13 +18,7 @@ from genalign.storage import ArtifactError
 SMALL = PartDiTConfig(hidden=32, depth=2, heads=2, cond_dim=8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread, and do not stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _model(cfg: PartDiTConfig = SMALL, seed: int = 0) -> PartDiT:
