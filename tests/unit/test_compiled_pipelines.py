@@ -156,7 +156,7 @@ def test_a_profile_without_an_mlflow_secret_still_labels_every_pod(tmp_path):
 
 
 @pytest.mark.parametrize("stages, message", [
-    ("train: {gpus: 1}", "stages: unknown stage(s) ['train']; valid stages are ['accumulate-pairs', 'evaluate-parts'"),
+    ("train: {gpus: 1}", "stages: unknown stage(s) ['train']; valid stages are ['accumulate-pairs', 'evaluate-hand-pose'"),
     ("train-flow-dpo: {gpus: 8, nodes: 2}", "nodes {'train-flow-dpo': 2}: part-dpo runs each stage in one pod"),
 ])
 def test_compile_rejects_a_profile_it_cannot_honour(tmp_path, capsys, stages, message):

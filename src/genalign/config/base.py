@@ -135,8 +135,8 @@ class Config:
                 out[f.name] = value.to_args()
             elif value is None and f.default is None:
                 continue
-            elif isinstance(value, tuple):
-                out[f.name] = list(value)
+            elif isinstance(value, (list, tuple)):
+                out[f.name] = [v.to_args() if isinstance(v, Config) else v for v in value]
             else:
                 out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         return out

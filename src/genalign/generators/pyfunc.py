@@ -1,10 +1,12 @@
-"""MLflow pyfunc models of genalign's generators: a registered adapter that generates.
+"""MLflow pyfunc models of genalign's generators: a registered adapter that generates,
+and a registered hand-pose model that predicts joints.
 
-register-model logs one beside the peft directory, so that
+register-model (and register-hand-pose) logs one beside the model directory, so that
 
     model = mlflow.pyfunc.load_model("models:/<name>@champion")
     model.predict([{"image": png_bytes, "num_parts": 3, "seed": 0}])     # part-dpo
     model.predict([{"question": "...", "options": [...], "images": [png_bytes]}])  # planner-dpo
+    model.predict([{"image": crop_png, "K": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]}])  # hand-pose
 
 generates with the adapter on its base. The model is MLflow's "model from code": its
 code file is `CODE` (three lines that build `GenalignModel`), so nothing is pickled. Its
@@ -25,6 +27,10 @@ Rows (a list of dicts, one dict, or a pandas DataFrame):
 - planner (arch "qwen-vl"): {question, options (optional), images [image, ...], id
   (optional)}; out, one per row: the plan text (a list of `k` texts when k > 1). params:
   k, temperature (default 0: greedy), max_new_tokens, seed.
+- hand-pose model (arch "hand-pose", a model directory, not an adapter): {image, K}: a
+  hand-centred square crop of the model's image size (a right hand; mirror a left one)
+  and its 3x3 intrinsics in pixels. Out, one per row: {joints_cam_mm [21][3] (camera
+  frame, millimetres, DexYCB's joint order), joints2d [21][2] (crop pixels)}.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ ADAPTER_ARTIFACT = "adapter"
 SETTINGS: dict[str, dict[str, int | float]] = {
     "part-generator": {"steps": 20, "guidance": 2.0},
     "qwen-vl": {"k": 1, "temperature": 0.0, "max_new_tokens": 256, "seed": 0},
+    "hand-pose": {},
 }
 ARCHS = tuple(SETTINGS)
 # What the model needs installed beside genalign, when present here (pinned to this version).
@@ -76,6 +83,11 @@ class GenalignModel(mlflow.pyfunc.PythonModel):
 
             base, adapter_dir = base_and_adapter(adapter)
             self.vlm = load_vlm(base, adapter_dir=adapter_dir)
+        elif self.card.arch == "hand-pose":
+            from genalign.models.hand_pose import load_hand_pose
+
+            self.hand_pose, self.hand_pose_config = load_hand_pose(adapter)
+            self.hand_pose.eval()
         else:
             raise ArtifactError(f"{adapter}: arch {self.card.arch!r}; this pyfunc generates for {list(ARCHS)}")
 
@@ -84,7 +96,32 @@ class GenalignModel(mlflow.pyfunc.PythonModel):
         settings = {**SETTINGS[self.card.arch], **self.config, **(params or {})}
         if self.card.arch == "part-generator":
             return self._parts(rows, settings)
+        if self.card.arch == "hand-pose":
+            return self._joints(rows)
         return self._plans(rows, settings)
+
+    def _joints(self, rows: list[dict]) -> list[dict]:
+        import numpy as np
+        import torch
+
+        size = self.hand_pose_config.image_size
+        images, Ks = [], []
+        for i, row in enumerate(rows):
+            if "image" not in row or "K" not in row:
+                raise KeyError(f"row {i}: needs 'image' (a hand-centred crop) and 'K' (its 3x3 intrinsics)")
+            image = _image_array(row["image"], i)
+            if image.shape[:2] != (size, size):
+                raise ValueError(f"row {i}: image is {image.shape[1]}x{image.shape[0]}; the model reads "
+                                 f"{size}x{size} hand-centred crops")
+            K = np.asarray(row["K"], dtype=np.float32)
+            if K.shape != (3, 3):
+                raise ValueError(f"row {i}: K must be 3x3, got shape {list(K.shape)}")
+            images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0)
+            Ks.append(torch.from_numpy(K))
+        with torch.no_grad():
+            out = self.hand_pose(torch.stack(images), torch.stack(Ks))
+        return [{"joints_cam_mm": cam.tolist(), "joints2d": px.tolist()}
+                for cam, px in zip(out.joints_cam.double(), out.joints2d.double())]
 
     def _parts(self, rows: list[dict], settings: dict) -> list[dict]:
         from genalign.models.part_codec import decode_parts, part_mesh, save_glb
@@ -186,9 +223,10 @@ def save_pyfunc(out: Path, adapter: Path, *, config: dict[str, Any] | None = Non
     if unknown:
         raise ValueError(f"config: unknown setting(s) {unknown} for arch {card.arch!r}; valid: {sorted(SETTINGS[card.arch])}")
     defaults = {k: type(v)(config.get(k, v) if config else v) for k, v in SETTINGS[card.arch].items()}
+    # a model without settings (hand-pose) has no signature: MLflow refuses an empty one
     signature = ModelSignature(inputs=None, params=ParamSchema([
         ParamSpec(k, "long" if isinstance(v, int) else "double", v) for k, v in defaults.items()
-    ]))
+    ])) if defaults else None
     requirements = []
     for name in ("genalign", *REQUIREMENTS):
         try:

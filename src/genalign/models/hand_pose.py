@@ -71,6 +71,7 @@ parameters, for per-phase training and learning rates.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -82,7 +83,7 @@ from genalign.config.base import ConfigError
 from genalign.config.hand_pose_model import TINY_BACKBONE, HandPoseModelConfig
 from genalign.models.sigma_reparam import convert_to_sigma_reparam
 from genalign.models.vision import IMAGENET_MEAN, IMAGENET_STD
-from genalign.storage import ArtifactError, atomic_dir, atomic_write_json
+from genalign.storage import ArtifactError, atomic_write_json
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -513,8 +514,9 @@ def _build_backbone(
 
 def save_hand_pose(model: HandPoseModel, cfg: HandPoseModelConfig, out_dir: Path) -> Path:
     """Write `model.safetensors` (the state dict, buffers included: σReparam's u, v) and
-    `config.json` (`cfg.to_dict()`) into `out_dir`, atomically; for a pretrained backbone
-    also `backbone_config.json`, its Dinov2Config."""
+    `config.json` (`cfg.to_dict()`) into `out_dir`, each file renamed into place from a
+    temporary sibling; for a pretrained backbone also `backbone_config.json`, its
+    Dinov2Config. Other files in `out_dir` stay (a trainer's checkpoints, an adapter)."""
     from safetensors.torch import save_file
 
     if model.cfg != cfg:
@@ -522,11 +524,13 @@ def save_hand_pose(model: HandPoseModel, cfg: HandPoseModelConfig, out_dir: Path
         raise ValueError(f"save_hand_pose: cfg differs from the model's config in {changed}")
     out_dir = Path(out_dir)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_dir(out_dir) as tmp:
-        atomic_write_json(tmp / CONFIG_NAME, cfg.to_dict())
-        if cfg.backbone != TINY_BACKBONE:
-            atomic_write_json(tmp / BACKBONE_CONFIG_NAME, model.backbone.config.to_dict())
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / f".{WEIGHTS_NAME}.tmp"
+    save_file(state, str(partial), metadata={"format": "pt"})
+    os.replace(partial, out_dir / WEIGHTS_NAME)
+    if cfg.backbone != TINY_BACKBONE:
+        atomic_write_json(out_dir / BACKBONE_CONFIG_NAME, model.backbone.config.to_dict())
+    atomic_write_json(out_dir / CONFIG_NAME, cfg.to_dict())  # last: a directory with it is complete
     return out_dir
 
 

@@ -22,3 +22,23 @@ def warmup_cosine(step: int, *, warmup: int, total: int, min_ratio: float) -> fl
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def warmup_sgdr(step: int, *, warmup: int, cycle: int, mult: int, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warm-up over `warmup` steps, then cosine annealing
+    with warm restarts (SGDR, Loshchilov & Hutter 2017, eq. 5): the first cycle lasts
+    `cycle` steps, each next one `mult` times longer; within a cycle the rate falls from
+    the peak to `min_ratio` of it, and jumps back to the peak at the restart.
+
+    The same cycles as torch's `CosineAnnealingWarmRestarts(T_0=cycle, T_mult=mult)`,
+    counted in steps after the warm-up, as a pure function of the step (nothing to save
+    in a checkpoint)."""
+    if cycle < 1 or mult < 1:
+        raise ValueError(f"warmup_sgdr: expected cycle >= 1 and mult >= 1, got {cycle}, {mult}")
+    if step < warmup:
+        return (step + 1) / warmup
+    t, length = step - warmup, cycle
+    while t >= length:
+        t -= length
+        length *= mult
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t / length))

@@ -36,3 +36,25 @@ def test_as_lambda_lr_sets_lr_times_the_multiplier_each_step():
         opt.step()
         sched.step()
     assert seen == [0.5 * warmup_cosine(s, **kw) for s in range(6)]
+
+
+def test_warmup_sgdr_restarts_like_torch_cosine_annealing_warm_restarts():
+    """After 2 warm-up steps, cycles of 4, 8, 16 steps (T_0 = 4, T_mult = 2): the
+    multiplier is 1 at each restart (steps 2, 6, 14) and 0.5 halfway into a cycle with
+    min_ratio 0; it matches torch's CosineAnnealingWarmRestarts step for step."""
+    import torch
+
+    from genalign.training.schedules import warmup_sgdr
+
+    kw = dict(warmup=2, cycle=4, mult=2, min_ratio=0.0)
+    assert warmup_sgdr(0, **kw) == pytest.approx(0.5)
+    for restart in (2, 6, 14):
+        assert warmup_sgdr(restart, **kw) == pytest.approx(1.0)
+    assert warmup_sgdr(4, **kw) == pytest.approx(0.5)  # 2 of 4 steps into the first cycle
+    assert warmup_sgdr(10, **kw) == pytest.approx(0.5)  # 4 of 8 into the second
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=4, T_mult=2)
+    for t in range(30):
+        assert warmup_sgdr(t + 2, **kw) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-9)
+        opt.step()
+        sched.step()

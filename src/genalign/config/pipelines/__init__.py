@@ -9,7 +9,7 @@ validation, resume, `make pipelines` and the contract tests all read `PIPELINES`
 from __future__ import annotations
 
 from genalign.config.base import ConfigError
-from genalign.config.pipelines import part_dpo, planner_dpo
+from genalign.config.pipelines import hand_pose, part_dpo, planner_dpo
 from genalign.config.pipelines.spec import Pipeline, Resume, Scalar, Stage
 
 PIPELINES: dict[str, Pipeline] = {
@@ -17,6 +17,7 @@ PIPELINES: dict[str, Pipeline] = {
     for p in (
         part_dpo.PIPELINE,
         planner_dpo.PIPELINE,
+        hand_pose.PIPELINE,
     )
 }
 

@@ -86,6 +86,7 @@ class Pipeline:
     report: str  # the stage whose `report` output is the run's result
     register: str  # the stage whose `registration` output names the registered version
     iterations: tuple[str, str] | None = None  # (section, field): on-policy rounds, unrolled at compile time
+    phases: tuple[str, str] | None = None  # (section, field): a list of training phases, one task each
     resume: tuple[Resume, ...] = ()
 
     @property
@@ -103,8 +104,13 @@ class Pipeline:
         return "\n".join(lines)
 
     def structure(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        """What the compiled shape depends on: the number of iterations, if it has any."""
-        if self.iterations is None:
-            return {}
-        section, key = self.iterations
-        return {"iterations": int(arguments[section][key])}
+        """What the compiled shape depends on: the number of iterations or of training
+        phases, if it has any (both are unrolled at compile time)."""
+        shape: dict[str, Any] = {}
+        if self.iterations is not None:
+            section, key = self.iterations
+            shape["iterations"] = int(arguments[section][key])
+        if self.phases is not None:
+            section, key = self.phases
+            shape["phases"] = len(arguments[section][key])
+        return shape

@@ -1,0 +1,1 @@
+"""Stages of hand_pose."""
