@@ -57,6 +57,7 @@ and the npz members carry a fixed timestamp, so one spec writes byte-identical f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import itertools
@@ -690,16 +691,24 @@ def _sequence_name(s: int, q: int) -> str:
 
 
 def write_synthetic_dexycb(
-    root: Path, spec: SyntheticHandsSpec, *, progress: bool = False
+    root: Path, spec: SyntheticHandsSpec, *, progress: bool = False, workers: int = 1
 ) -> dict[str, int]:
     """Write the synthetic dataset of `spec` into `root` (a fresh directory) in DexYCB's
     layout. Returns {"frames", "sequences", "empty", "left_sequences"}: frames and empty
-    count images (one per camera and frame)."""
+    count images (one per camera and frame).
+
+    Every sequence draws from random streams of its own (seeded by the spec's seed and
+    its subject and sequence index), so `workers` processes writing sequences side by
+    side give the same bytes as one."""
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm.auto import tqdm
 
     root = Path(root)
     if root.exists() and any(root.iterdir()):
         raise ValueError(f"{root}: not empty; write_synthetic_dexycb writes into a fresh directory")
+    if workers < 1:
+        raise ValueError(f"workers: expected >= 1, got {workers}")
     serials = SERIALS[: spec.serials]
     intrinsics_dir = root / "calibration" / "intrinsics"
     intrinsics_dir.mkdir(parents=True, exist_ok=True)
@@ -714,79 +723,88 @@ def write_synthetic_dexycb(
         (intrinsics_dir / f"{serial}_{IMAGE_WIDTH}x{IMAGE_HEIGHT}.yml").write_text(
             yaml.safe_dump({"color": color}, sort_keys=False)
         )
-    extrinsics = [camera_extrinsics(c) for c in range(spec.serials)]
+    jobs = [(root, spec, s, q) for s in range(spec.subjects) for q in range(spec.sequences_per_subject)]
     counts = {"frames": 0, "sequences": 0, "empty": 0, "left_sequences": 0}
-    total = spec.subjects * spec.sequences_per_subject * spec.serials * spec.frames_per_sequence
-    bar = tqdm(total=total, desc="synthetic hands", unit="frame", disable=not progress)
-    for s in range(spec.subjects):
-        for q in range(spec.sequences_per_subject):
-            seq = _sequence(spec, s, q)
-            sequence_dir = root / SUBJECTS[s] / _sequence_name(s, q)
-            sequence_dir.mkdir(parents=True)
-            meta = {
-                "serials": list(serials),
-                "num_frames": spec.frames_per_sequence,
-                "ycb_ids": [seq.object_ycb_id],
-                "ycb_grasp_ind": 0,
-                "mano_sides": [seq.side],
-                "mano_calib": [f"{SUBJECTS[s]}_{seq.side}"],
-                "synthetic_hand_scale": round(seq.subject_scale, 6),
-                "synthetic_object": seq.obj.shape if seq.obj is not None else "none",
-            }
-            (sequence_dir / "meta.yml").write_text(yaml.safe_dump(meta, sort_keys=False))
-            palette = np.vstack([seq.skin * _TINTS, seq.object_color[None]])
-            seg_values = np.array([HAND_SEG] * 6 + [seq.object_ycb_id], np.uint8)
-            poses = [
-                _world_pose(seq, f, spec.frames_per_sequence)
-                for f in range(spec.frames_per_sequence)
-            ]
-            for c, serial in enumerate(serials):
-                camera_dir = sequence_dir / serial
-                camera_dir.mkdir()
-                K = camera_intrinsics(c)
-                R_c, t_c = extrinsics[c]
-                background = _background(np.random.default_rng([spec.seed, 2, s, q, c]))
-                for f, (joints_w, R_w, t_w) in enumerate(poses):
-                    rng = np.random.default_rng([spec.seed, 3, s, q, c, f])
-                    joints = (joints_w @ R_c.T + t_c).astype(np.float32)
-                    R_o, t_o = R_c @ R_w, R_c @ t_w + t_c
-                    pose_y = np.zeros((1, 3, 4), np.float32)
-                    if seq.obj is not None:
-                        pose_y[0] = np.concatenate([R_o, t_o[:, None]], axis=1)
-                    empty = bool(seq.empty[f])
-                    image, seg = _render(
-                        None if empty else joints.astype(np.float64),
-                        seq.subject_scale,
-                        (seq.obj, R_o, t_o) if seq.obj is not None else None,
-                        K,
-                        background,
-                        palette,
-                        seg_values,
-                        rng,
-                        occluder=rng.random() < spec.occluder_share,
-                    )
-                    if empty:
-                        joint_3d = np.full((1, NUM_JOINTS, 3), -1.0, np.float32)
-                        joint_2d = np.full((1, NUM_JOINTS, 2), -1.0, np.float32)
-                        counts["empty"] += 1
-                    else:
-                        joint_3d = joints[None]
-                        joint_2d = _project(joints.astype(np.float64), K).astype(np.float32)[None]
-                    Image.fromarray(image).save(
-                        camera_dir / f"color_{f:06d}.jpg", quality=JPEG_QUALITY
-                    )
-                    _write_npz(
-                        camera_dir / f"labels_{f:06d}.npz",
-                        {"seg": seg, "pose_y": pose_y, "joint_3d": joint_3d, "joint_2d": joint_2d},
-                    )
-                    counts["frames"] += 1
-                    bar.update()
-            counts["sequences"] += 1
-            counts["left_sequences"] += seq.side == "left"
+    bar = tqdm(total=len(jobs), desc="synthetic hands", unit="sequence", disable=not progress)
+    with ProcessPoolExecutor(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        done = pool.map(_write_sequence, *zip(*jobs), chunksize=4) if pool else map(_write_sequence, *zip(*jobs))
+        for one in done:
+            for key, value in one.items():
+                counts[key] += value
+            bar.update()
     bar.close()
     (root / "synthetic_spec.yml").write_text(
         yaml.safe_dump({"spec": dataclasses.asdict(spec), "counts": counts}, sort_keys=True)
     )
+    return counts
+
+
+def _write_sequence(root: Path, spec: SyntheticHandsSpec, s: int, q: int) -> dict[str, int]:
+    """Sequence q of subject s: its meta.yml and every camera's frames; the counts."""
+    serials = SERIALS[: spec.serials]
+    extrinsics = [camera_extrinsics(c) for c in range(spec.serials)]
+    counts = {"frames": 0, "sequences": 1, "empty": 0, "left_sequences": 0}
+    seq = _sequence(spec, s, q)
+    sequence_dir = root / SUBJECTS[s] / _sequence_name(s, q)
+    sequence_dir.mkdir(parents=True)
+    meta = {
+        "serials": list(serials),
+        "num_frames": spec.frames_per_sequence,
+        "ycb_ids": [seq.object_ycb_id],
+        "ycb_grasp_ind": 0,
+        "mano_sides": [seq.side],
+        "mano_calib": [f"{SUBJECTS[s]}_{seq.side}"],
+        "synthetic_hand_scale": round(seq.subject_scale, 6),
+        "synthetic_object": seq.obj.shape if seq.obj is not None else "none",
+    }
+    (sequence_dir / "meta.yml").write_text(yaml.safe_dump(meta, sort_keys=False))
+    palette = np.vstack([seq.skin * _TINTS, seq.object_color[None]])
+    seg_values = np.array([HAND_SEG] * 6 + [seq.object_ycb_id], np.uint8)
+    poses = [
+        _world_pose(seq, f, spec.frames_per_sequence)
+        for f in range(spec.frames_per_sequence)
+    ]
+    for c, serial in enumerate(serials):
+        camera_dir = sequence_dir / serial
+        camera_dir.mkdir()
+        K = camera_intrinsics(c)
+        R_c, t_c = extrinsics[c]
+        background = _background(np.random.default_rng([spec.seed, 2, s, q, c]))
+        for f, (joints_w, R_w, t_w) in enumerate(poses):
+            rng = np.random.default_rng([spec.seed, 3, s, q, c, f])
+            joints = (joints_w @ R_c.T + t_c).astype(np.float32)
+            R_o, t_o = R_c @ R_w, R_c @ t_w + t_c
+            pose_y = np.zeros((1, 3, 4), np.float32)
+            if seq.obj is not None:
+                pose_y[0] = np.concatenate([R_o, t_o[:, None]], axis=1)
+            empty = bool(seq.empty[f])
+            image, seg = _render(
+                None if empty else joints.astype(np.float64),
+                seq.subject_scale,
+                (seq.obj, R_o, t_o) if seq.obj is not None else None,
+                K,
+                background,
+                palette,
+                seg_values,
+                rng,
+                occluder=rng.random() < spec.occluder_share,
+            )
+            if empty:
+                joint_3d = np.full((1, NUM_JOINTS, 3), -1.0, np.float32)
+                joint_2d = np.full((1, NUM_JOINTS, 2), -1.0, np.float32)
+                counts["empty"] += 1
+            else:
+                joint_3d = joints[None]
+                joint_2d = _project(joints.astype(np.float64), K).astype(np.float32)[None]
+            Image.fromarray(image).save(
+                camera_dir / f"color_{f:06d}.jpg", quality=JPEG_QUALITY
+            )
+            _write_npz(
+                camera_dir / f"labels_{f:06d}.npz",
+                {"seg": seg, "pose_y": pose_y, "joint_3d": joint_3d, "joint_2d": joint_2d},
+            )
+            counts["frames"] += 1
+    counts["left_sequences"] += seq.side == "left"
     return counts
 
 
