@@ -223,7 +223,7 @@ class PartDiT(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: Path, *, device: torch.device | str = "cpu") -> PartDiT:
         """Load a model written by `save_pretrained`; errors name the file and the tensor."""
-        from safetensors.torch import load_file
+        from genalign.models.weights import load_checked
 
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -246,19 +246,5 @@ class PartDiT(nn.Module):
         except ConfigError as e:
             raise ArtifactError(str(e)) from e
         model = cls(cfg)
-        state = load_file(str(weights_path))
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing or unexpected:
-            raise ArtifactError(
-                f"{weights_path}: tensors do not match the config; missing {missing}, unexpected {unexpected}"
-            )
-        for name, tensor in state.items():
-            if tensor.shape != expected[name].shape:
-                raise ArtifactError(
-                    f"{weights_path}: tensor {name!r} has shape {list(tensor.shape)}, "
-                    f"the config gives {list(expected[name].shape)}"
-                )
-        model.load_state_dict(state)
+        load_checked(model, weights_path, "the config")
         return model.to(device).eval()
