@@ -203,3 +203,26 @@ def test_a_dora_backbone_adapter_trains_and_is_merged_into_a_plain_model(dataset
     assert not any("embeddings" in k or "norm" in k for k in moved)
     card = json.loads((second / "genalign.json").read_text())
     assert card["adapter_type"] == "dora"
+
+
+def test_a_nan_loss_stops_with_the_step_and_a_hint(dataset, tmp_path, one_thread):
+    from genalign.trainers.hand_pose import train_phase
+
+    data = train_data(dataset)
+    data["joints3d"] = torch.full_like(data["joints3d"], float("nan"))
+    with pytest.raises(FloatingPointError, match=r"phase components, step 0: the loss is nan.*lower lr"):
+        train_phase(small_config(), 0, data, out_dir=tmp_path)
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_a_collapsed_batch_warns_or_stops_as_configured(dataset, tmp_path, one_thread):
+    """With a threshold no batch can reach (10 m of per-joint spread) every batch counts
+    as collapsed: counted with one warning by default, an error with stop_on_collapse."""
+    from genalign.trainers.hand_pose import CollapseError, train_phase
+
+    data = train_data(dataset)
+    with pytest.warns(UserWarning, match="collapsed"):
+        metrics = train_phase(small_config(collapse_threshold_m=10.0), 0, data, out_dir=tmp_path / "warn")
+    assert metrics["collapsed_batches"] == metrics["steps"]
+    with pytest.raises(CollapseError, match="raise weights.diversity"):
+        train_phase(small_config(collapse_threshold_m=10.0, stop_on_collapse=True), 0, data, out_dir=tmp_path / "stop")

@@ -77,8 +77,10 @@ class PrepareHandsConfig(Config):
         "(absent: every frame).",
     )
     seed: int = field(0, help="Seed of the max_frames subsampling.")
+    workers: int = field(2, help="synthetic: processes writing the frames side by side (the same bytes as one).")
 
     def __post_init__(self) -> None:
+        check_range("workers", self.workers, ge=1)
         if self.source == "dexycb" and not self.root:
             raise ValueError("root: source 'dexycb' needs the dataset directory")
         check_range("crop_size", self.crop_size, ge=16)
@@ -175,6 +177,10 @@ class TrainHandPoseConfig(Config):
     weight_decay: float = field(0.01, help="AdamW weight decay.")
     grad_clip: float = field(1.0, help="Clip the gradient norm to this (0: no clipping).")
     ema_decay: float = field(0.99, help="Decay of the EMA weights used for evaluation (warmed up).")
+    # 0: off (the recipe has no augmentation); hand pose training commonly rolls crops by
+    # up to 180 degrees
+    rotation_augment_deg: float = field(0.0, help="Roll each training crop's camera by a random angle of at most "
+                                        "this many degrees about the crop centre's ray (labels stay exact).")
     object_rotation_weight: float = field(10.0, help="Radians of rotation error count as this many mm.")
     diversity_margin_mm: float = field(5.0, help="Per-joint batch spread (mm) below which diversity is penalised.")
     # The source design's threshold: 0.001 m = 1 mm of per-joint spread across a batch.
@@ -217,6 +223,7 @@ class TrainHandPoseConfig(Config):
             check_range(name, getattr(self, name), ge=1)
         check_range("warmup_steps", self.warmup_steps, ge=0)
         check_range("min_lr_ratio", self.min_lr_ratio, ge=0.0, le=1.0)
+        check_range("rotation_augment_deg", self.rotation_augment_deg, ge=0.0, le=180.0)
         for name in ("weight_decay", "grad_clip", "object_rotation_weight", "diversity_margin_mm",
                      "collapse_threshold_m", "penetration_radius_mm", "adapter_dropout"):
             check_range(name, getattr(self, name), ge=0.0)

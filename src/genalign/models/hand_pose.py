@@ -539,7 +539,7 @@ def load_hand_pose(
 ) -> tuple[HandPoseModel, HandPoseModelConfig]:
     """(model in eval mode, config) from a `save_hand_pose` directory; never needs a hub.
     Errors name the file (and the tensors that do not match)."""
-    from safetensors.torch import load_file
+    from genalign.models.weights import load_checked
 
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -557,22 +557,7 @@ def load_hand_pose(
             raise ArtifactError(f"{path}: missing; a pretrained backbone's model needs its Dinov2Config")
         backbone_config = _read_json(path)
     model = HandPoseModel(cfg, backbone_config=backbone_config)
-    state = load_file(str(weights_path))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ArtifactError(
-            f"{weights_path}: tensors do not match {config_path.name}; missing {missing}, "
-            f"unexpected {unexpected}"
-        )
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise ArtifactError(
-                f"{weights_path}: tensor {name!r} has shape {list(tensor.shape)}, "
-                f"{config_path.name} gives {list(expected[name].shape)}"
-            )
-    model.load_state_dict(state, strict=True)
+    load_checked(model, weights_path, config_path.name)
     return model.to(device).eval(), cfg
 
 

@@ -114,6 +114,47 @@ def _targets(batch: Mapping[str, Tensor], device: torch.device) -> Targets:
     )
 
 
+def _axis_angle(axis: Tensor, angle: Tensor) -> Tensor:
+    """Rotation matrices [B, 3, 3] about unit `axis` [B, 3] by `angle` [B] (Rodrigues)."""
+    x, y, z = axis.unbind(-1)
+    zero = torch.zeros_like(x)
+    skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).view(-1, 3, 3)
+    eye = torch.eye(3, dtype=axis.dtype, device=axis.device).expand_as(skew)
+    sin, cos = angle.sin()[:, None, None], angle.cos()[:, None, None]
+    return eye + sin * skew + (1 - cos) * skew @ skew
+
+
+def rotate_about_crop_centre(y: Targets, angle: Tensor) -> Targets:
+    """The batch seen by a camera rolled by `angle` [B] (radians) about the ray through
+    each crop's centre: exact, not an image-plane approximation.
+
+    A camera rotated by R sees the point X at X' = R X; its pixel u' and the original
+    pixel u of the same ray are related by the homography u ~ K R^T K^-1 u', so the new
+    crop samples the old one there (`grid_sample`, pixel centres at integers, black
+    outside). Joints, the object's pose and the 2D labels (the projection of the rotated
+    joints through the unchanged K) follow R; the wrist's depth changes a little, as it
+    would for that camera. Hand pose training rotates crops in the image plane for the
+    same reason (more global orientations than the data holds); this is the version
+    that keeps the 3D labels exact."""
+    b, _, size, _ = y.images.shape
+    centre = torch.tensor([(size - 1) / 2, (size - 1) / 2, 1.0], dtype=y.K.dtype, device=y.K.device)
+    axis = torch.linalg.solve(y.K, centre.expand(b, 3))  # [B, 3] the centre's ray
+    R = _axis_angle(axis / axis.norm(dim=-1, keepdim=True), angle)
+    H = y.K @ R.transpose(1, 2) @ torch.linalg.inv(y.K)  # new pixel -> old pixel
+    ii = torch.arange(size, dtype=y.K.dtype, device=y.K.device)
+    v, u = torch.meshgrid(ii, ii, indexing="ij")
+    grid = torch.stack([u, v, torch.ones_like(u)], -1).view(1, -1, 3)  # [1, S*S, 3]
+    old = grid @ H.transpose(1, 2)  # [B, S*S, 3]
+    old = old[..., :2] / old[..., 2:]
+    images = torch.nn.functional.grid_sample(
+        y.images, ((2 * old + 1) / size - 1).view(b, size, size, 2), align_corners=False)
+    cam = y.cam_mm @ R.transpose(1, 2)
+    uvw = cam @ y.K.transpose(1, 2)
+    t = (R @ y.object_t_mm[..., None])[..., 0]
+    return y._replace(images=images, rel_mm=cam - cam[:, :1], cam_mm=cam, px=uvw[..., :2] / uvw[..., 2:],
+                      object_R=R @ y.object_R, object_t_mm=t, object_rel_mm=t - cam[:, 0])
+
+
 def phase_losses(out: Any, y: Targets, phase: PhaseConfig, cfg: TrainHandPoseConfig) -> dict[str, Tensor]:
     """Every loss term of `phase` (unweighted) and `loss`, their weighted sum."""
     from genalign.data.hand_skeleton import BONES
@@ -222,7 +263,9 @@ def train_phase(
     lr_of = {g: phase.lr * (phase.backbone_lr_scale if g == "backbone" else 1.0) for g in phase.trainable}
     optimizer = torch.optim.AdamW(
         [{"params": groups[g], "lr": lr_of[g], "name": g} for g in phase.trainable if groups[g]],
-        weight_decay=cfg.weight_decay,
+        # foreach: one kernel per op over all tensors; torch picks it only on CUDA by
+        # default, and the per-tensor loop was a seventh of a CPU step here
+        weight_decay=cfg.weight_decay, foreach=True,
     )
     forward = torch.compile(model) if cfg.compile else model
 
@@ -261,6 +304,10 @@ def train_phase(
         for micro in range(cfg.grad_accum):
             at = (within * cfg.grad_accum + micro) * cfg.batch_size
             y = _targets({k: v[order[at:at + cfg.batch_size]] for k, v in data.items()}, device)
+            if cfg.rotation_augment_deg > 0:
+                draw = torch.Generator().manual_seed(derive_seed(cfg.seed, "rotate", phase_index, step, micro))
+                angle = (torch.rand(len(y.images), generator=draw) * 2 - 1) * math.radians(cfg.rotation_augment_deg)
+                y = rotate_about_crop_centre(y, angle.to(device))
             with autocast:
                 out = forward(y.images, y.K)
                 terms = phase_losses(out, y, phase, cfg)

@@ -96,7 +96,8 @@ def _source(cfg: PrepareHandsConfig) -> tuple[Path, dict | None]:
     root = cache_dir() / "synthetic-hands" / config_hash(cfg.synthetic.to_dict())
     if not root.is_dir():
         with atomic_dir(root) as tmp:
-            write_synthetic_dexycb(tmp, SyntheticHandsSpec(**cfg.synthetic.to_dict()), progress=True)
+            write_synthetic_dexycb(tmp, SyntheticHandsSpec(**cfg.synthetic.to_dict()), progress=True,
+                                   workers=cfg.workers)
     return root, OBJECT_EXTENTS
 
 

@@ -3,9 +3,11 @@
 What the registry holds after this stage (`<name>` = `model_name`):
 
 - in this run: `hand-pose/` (the EMA weights as `model.safetensors`, `config.json` and
-  the model card `genalign.json`: the model the evaluation measured), `model/` (an MLflow
-  pyfunc model holding the same directory, `genalign.generators.pyfunc`: rows of
-  {image, K} in, camera-frame joints in mm out) and `evaluation/report.json`;
+  the model card `genalign.json`: the model the evaluation measured; with a LoRA/DoRA on
+  the backbone, merged into those weights, its peft directory `backbone_adapter/` too),
+  `model/` (an MLflow pyfunc model holding the same directory,
+  `genalign.generators.pyfunc`: rows of {image, K} in, camera-frame joints in mm out)
+  and `evaluation/report.json`;
 - a version of `<name>` whose tags hold its lineage (dataset, setup, phases, pipeline run)
   and the held-out metrics (`eval.mpjpe`, ...), and whose description says what it is.
   The `candidate` aliases move to it; `champion` moves only when the evaluation gate
@@ -50,7 +52,7 @@ MPJPE_TAG = "eval.mpjpe"
 def run(cfg: RegisterHandPoseConfig, *, model: Path, report: Path, registration: Path,
         tracker: Tracker) -> StageResult:
     from genalign.generators.pyfunc import save_pyfunc
-    from genalign.trainers.hand_pose import EMA_FILE
+    from genalign.trainers.hand_pose import ADAPTER_DIR, EMA_FILE
 
     model_manifest = read_manifest(model, MODEL)
     report_manifest = read_manifest(report, REPORT)
@@ -74,6 +76,8 @@ def run(cfg: RegisterHandPoseConfig, *, model: Path, report: Path, registration:
         # the registered weights are the EMA ones: what the evaluation measured
         shutil.copy2(model / EMA_FILE, portable / "model.safetensors")
         shutil.copy2(model / "config.json", portable / "config.json")
+        if (model / ADAPTER_DIR).is_dir():  # the last phase's adapter, as trained (merged in above)
+            shutil.copytree(model / ADAPTER_DIR, portable / ADAPTER_DIR)
         write_model_card(portable, ModelCard(
             kind="model", method=card.method, arch=card.arch, base_model=card.base_model, config=card.config,
             metrics={k.removeprefix("eval/"): float(v) for k, v in evaluation["metrics"].items()},
