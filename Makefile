@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo demo-planner test test-unit pipelines bench k8s clean
+.PHONY: install demo demo-planner demo-hand-pose test test-unit pipelines bench k8s clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ demo: install ## the part-dpo pipeline, tiny preset, through kfp.local with a lo
 
 demo-planner: install ## the planner-dpo pipeline (iterative DPO of a VLM planner), tiny preset
 	$(VENV)/bin/genalign run planner-dpo --preset tiny
+
+demo-hand-pose: install ## the hand-pose pipeline (staged training of a hand-pose transformer), tiny preset
+	$(VENV)/bin/genalign run hand-pose --preset tiny
 
 test: install services ## every tier: unit, contracts, integration, e2e (PostgreSQL, moto S3 and MLflow on loopback), gpu (skipped without CUDA)
 	$(PY) -m pytest -q
@@ -41,6 +44,7 @@ bench: install ## every benchmark; each prints its table and writes benchmarks/r
 	$(PY) benchmarks/flow_dpo_step.py --adapter dora
 	$(PY) benchmarks/penetration_broadphase.py
 	$(PY) benchmarks/rollout_scaling.py
+	$(PY) benchmarks/hand_pose_throughput.py
 
 clean:
 	rm -rf .genalign

@@ -24,11 +24,9 @@ evaluate-hand-pose gates against is scored once, for scale. Train seconds are th
 time of this process over the phases (`time.process_time`; wall seconds, from
 train_phase, are in the JSON), torch on --threads intra-op threads.
 
-How long: the tiny preset trains 1180 steps a run (1888 crops, batch 32: 59 steps an
-epoch, 6 + 10 + 4 epochs). At 55 / 87 / 88 ms of CPU a step in the three phases (plain,
-one thread, measured with benchmarks/hand_pose_throughput.py's step; σReparam costs
-~1.2x) a run takes about 1.5 to 2 CPU-minutes, so the four variants take about 7 to 8
-minutes a seed: 15 to 16 minutes for `--seeds 0 1`, more on a loaded machine.
+How long: the tiny preset trains 5428 steps a run (7556 crops, batch 32: 236 steps an
+epoch, 2 + 18 + 3 epochs), about 7 minutes on one thread (σReparam ~1.2x), so two
+variants take about a quarter of an hour a seed.
 
 With one seed the comparison is weak: seeds move the MPJPE too, and a difference smaller
 than the seed-to-seed spread (the `std` column of the means, shown with two or more seeds)
