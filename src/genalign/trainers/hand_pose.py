@@ -283,23 +283,28 @@ def train_phase(
 
     from tqdm.auto import tqdm
 
+    from genalign.losses.hand_pose import per_joint_batch_std
+
     bar = tqdm(total=total, initial=step, desc=f"train {phase.name}", unit="step", mininterval=2.0)
     running: dict[str, float] = {}
     stats: dict[str, float] = {}
     start = time.perf_counter()
     model.train()
+    order_epoch, order = -1, None
     while step < total and (stop_at is None or step < stop_at):
         epoch, within = divmod(step, steps_per_epoch)
-        active = _active_groups(phase, epoch)
-        _set_trainable(groups, active)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(
-            derive_seed(cfg.seed, "order", phase_index, epoch)))
+        if epoch != order_epoch:  # each epoch's order, and its groups, once
+            order_epoch = epoch
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(
+                derive_seed(cfg.seed, "order", phase_index, epoch)))
+            active = _active_groups(phase, epoch)
+            _set_trainable(groups, active)
         mult = warmup_sgdr(step, warmup=cfg.warmup_steps, cycle=cfg.restart_epochs * steps_per_epoch,
                            mult=cfg.restart_mult, min_ratio=cfg.min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = lr_of[group["name"]] * mult
         optimizer.zero_grad(set_to_none=True)
-        stats: dict[str, float] = {}
+        stats = {}
         spread = math.inf
         for micro in range(cfg.grad_accum):
             at = (within * cfg.grad_accum + micro) * cfg.batch_size
@@ -314,8 +319,6 @@ def train_phase(
             (terms["loss"] / cfg.grad_accum).backward()
             for k, v in terms.items():
                 stats[k] = stats.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-            from genalign.losses.hand_pose import per_joint_batch_std
-
             spread = min(spread, float(per_joint_batch_std(out.refined3d.detach()).mean()))
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(
