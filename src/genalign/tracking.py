@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,17 @@ def end_pipeline_run(
         if metrics:
             client.log_batch(run_id, metrics=metrics)
     client.set_terminated(run_id, status)
+
+
+def registry_tracker(tracker: Tracker) -> tuple[MlflowTracker, str]:
+    """The MLflow run a register stage logs to, and the KFP run id of its pipeline ("" when
+    none): the stage's own child run, or, for a stage called from plain Python with no
+    tracking, a run of its own in the "genalign-register" experiment."""
+    if not isinstance(tracker, MlflowTracker):
+        tracker = MlflowTracker.for_stage(experiment="genalign-register", pipeline_run=f"manual-{uuid.uuid4().hex[:8]}",
+                                          stage="register")
+    parent = tracker.client.get_run(tracker.parent_run_id) if tracker.parent_run_id else None
+    return tracker, parent.data.tags.get(PIPELINE_RUN_TAG, "") if parent else ""
 
 
 def register_model_version(

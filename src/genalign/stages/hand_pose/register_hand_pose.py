@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import uuid
 from pathlib import Path
 
 from genalign.artifacts import (
@@ -44,7 +43,7 @@ from genalign.storage import (
     read_manifest,
     write_manifest,
 )
-from genalign.tracking import PIPELINE_RUN_TAG, MlflowTracker, Tracker, register_model_version
+from genalign.tracking import MlflowTracker, Tracker, register_model_version, registry_tracker
 
 MPJPE_TAG = "eval.mpjpe"
 
@@ -63,11 +62,7 @@ def run(cfg: RegisterHandPoseConfig, *, model: Path, report: Path, registration:
     gate = evaluation["comparison"]["gate"]
     mpjpe = float(evaluation["metrics"]["eval/mpjpe"])
 
-    if not isinstance(tracker, MlflowTracker):  # called from plain Python: a run of its own
-        tracker = MlflowTracker.for_stage(experiment="genalign-register", pipeline_run=f"manual-{uuid.uuid4().hex[:8]}",
-                                          stage="register")
-    parent = tracker.client.get_run(tracker.parent_run_id) if tracker.parent_run_id else None
-    pipeline_run = parent.data.tags.get(PIPELINE_RUN_TAG, "") if parent else ""
+    tracker, pipeline_run = registry_tracker(tracker)
     champion = _champion_mpjpe(tracker, cfg)
     beats = champion is None or mpjpe < champion
     with tempfile.TemporaryDirectory(prefix="genalign-register-") as scratch:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
-import uuid
 from pathlib import Path
 
 from genalign.artifacts import (
@@ -62,7 +61,7 @@ from genalign.storage import (
     read_manifest,
     write_manifest,
 )
-from genalign.tracking import PIPELINE_RUN_TAG, MlflowTracker, Tracker, register_model_version
+from genalign.tracking import MlflowTracker, Tracker, register_model_version, registry_tracker
 
 CONTENT_TAG = "genalign.content_sha256"
 
@@ -85,11 +84,7 @@ def run(cfg: RegisterModelConfig, *, adapter: Path, report: Path, pairs: Path, m
     base_model = card.base_model if model is None or is_portable(card.base_model) else str(model)
     base, base_ref = _base(base_model, adapter)  # checked before anything is registered
 
-    if not isinstance(tracker, MlflowTracker):  # called from plain Python: a run of its own
-        tracker = MlflowTracker.for_stage(experiment="genalign-register", pipeline_run=f"manual-{uuid.uuid4().hex[:8]}",
-                                          stage="register")
-    parent = tracker.client.get_run(tracker.parent_run_id) if tracker.parent_run_id else None
-    pipeline_run = parent.data.tags.get(PIPELINE_RUN_TAG, "") if parent else ""
+    tracker, pipeline_run = registry_tracker(tracker)
     base_ref = _register_base(cfg, tracker, base) if base is not None else pin(base_ref)
     card = dataclasses.replace(card, base_model=base_ref)
     with tempfile.TemporaryDirectory(prefix="genalign-register-") as scratch:
