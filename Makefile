@@ -34,7 +34,8 @@ pipelines: install ## compile every pipeline into pipelines/compiled/
 	@mkdir -p pipelines/compiled
 	# the default image names, as the drift test compiles them (tests/unit/test_compiled_pipelines.py)
 	env -u GENALIGN_IMAGE_REGISTRY -u GENALIGN_IMAGE_TAG -u GENALIGN_IMAGE_CPU -u GENALIGN_IMAGE_CUDA -u GENALIGN_IMAGE_RENDER \
-		sh -c 'for p in $$($(VENV)/bin/genalign pipelines); do $(VENV)/bin/genalign compile $$p --preset tiny -o pipelines/compiled/$$p.yaml || exit 1; done'
+		sh -c 'for p in $$($(VENV)/bin/genalign pipelines); do $(VENV)/bin/genalign compile $$p --preset tiny -o pipelines/compiled/$$p.yaml || exit 1; done && \
+		$(VENV)/bin/genalign compile part-dpo --preset tiny --profile k8s/cluster-profile.multinode.example.yaml -o pipelines/compiled/part-dpo.multinode.yaml'
 
 k8s: ## render both kustomize overlays
 	kubectl kustomize k8s/overlays/dev > /dev/null && kubectl kustomize k8s/overlays/gpu > /dev/null && echo k8s overlays render

@@ -21,9 +21,9 @@ from components.hand_pose import (
     register_hand_pose,
     train_hand_pose,
 )
-from components.shared import close_tracking
+from components.trainjob import train_hand_pose_trainjob
 
-from .cluster import apply_profile, imported
+from .cluster import apply_profile, exit_task, imported, training_task
 
 PIPELINE = "hand-pose"
 
@@ -46,8 +46,7 @@ def make_hand_pose(profile: dict | None = None, *, phases: int = 3, doc: str = "
         experiment: str = "genalign-hand-pose",
     ):
         track = {"experiment": experiment, "pipeline_run": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
-        closer = close_tracking(pipeline=PIPELINE, preset=preset, **track)
-        apply_profile(closer, profile, stage=False)
+        closer = exit_task(profile, ["train-hand-pose"], pipeline=PIPELINE, preset=preset, **track)
         with dsl.ExitHandler(closer, name="tracked-run"):
             if "prepare-hands.dataset" in uris:
                 dataset = imported(uris, "prepare-hands.dataset", Artifact)
@@ -56,8 +55,8 @@ def make_hand_pose(profile: dict | None = None, *, phases: int = 3, doc: str = "
             model = history = None
             for phase in range(phases):
                 previous = {} if model is None else {"previous": model}
-                trained = apply_profile(train_hand_pose(config=train, phase=phase, dataset=dataset, **previous,
-                                                        **track), profile)
+                trained = training_task(train_hand_pose, train_hand_pose_trainjob, profile,
+                                        config=train, phase=phase, dataset=dataset, **previous, **track)
                 trained.set_display_name(f"train-hand-pose-{phase}")
                 model = trained.outputs["model"]
                 earlier = {} if history is None else {"history": history}

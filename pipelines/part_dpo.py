@@ -14,9 +14,10 @@ from kfp import dsl
 from kfp.dsl import Artifact, Model
 
 from components.part_dpo import evaluate_parts, prepare_parts, rollout_parts, train_flow_dpo
-from components.shared import close_tracking, mine_pairs, register_model, score_samples
+from components.shared import mine_pairs, register_model, score_samples
+from components.trainjob import train_flow_dpo_trainjob
 
-from .cluster import apply_profile, imported
+from .cluster import apply_profile, exit_task, imported, training_task
 
 PIPELINE = "part-dpo"
 
@@ -40,8 +41,7 @@ def make_part_dpo(profile: dict | None = None, *, doc: str = "", resume: dict | 
         num_shards: int = 2,
     ):
         track = {"experiment": experiment, "pipeline_run": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
-        closer = close_tracking(pipeline=PIPELINE, preset=preset, **track)
-        apply_profile(closer, profile, stage=False)
+        closer = exit_task(profile, ["train-flow-dpo"], pipeline=PIPELINE, preset=preset, **track)
         with dsl.ExitHandler(closer, name="tracked-run"):
             if "mine-pairs.pairs" in uris:
                 eval_conditions = imported(uris, "prepare-parts.eval_conditions", Artifact)
@@ -64,8 +64,8 @@ def make_part_dpo(profile: dict | None = None, *, doc: str = "", resume: dict | 
             if "train-flow-dpo.adapter" in uris:
                 adapter = imported(uris, "train-flow-dpo.adapter", Model)
             else:
-                adapter = apply_profile(train_flow_dpo(config=train, model=model, pairs=mined, **track),
-                                        profile).outputs["adapter"]
+                adapter = training_task(train_flow_dpo, train_flow_dpo_trainjob, profile,
+                                        config=train, model=model, pairs=mined, **track).outputs["adapter"]
             if "evaluate-parts.report" in uris:
                 report = imported(uris, "evaluate-parts.report", Artifact)
             else:

@@ -23,9 +23,10 @@ from components.planner_dpo import (
     shard_planner,
     train_planner,
 )
-from components.shared import accumulate_pairs, close_tracking, mine_pairs, register_model
+from components.shared import accumulate_pairs, mine_pairs, register_model
+from components.trainjob import train_planner_trainjob
 
-from .cluster import apply_profile, imported
+from .cluster import apply_profile, exit_task, imported, training_task
 
 PIPELINE = "planner-dpo"
 
@@ -57,8 +58,7 @@ def make_planner_dpo(profile: dict | None = None, *, iterations: int = 5, doc: s
     ):
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         track = {"experiment": experiment, "pipeline_run": run_id}
-        closer = close_tracking(pipeline=PIPELINE, preset=preset, **track)
-        apply_profile(closer, profile, stage=False)
+        closer = exit_task(profile, ["train-planner"], pipeline=PIPELINE, preset=preset, **track)
         with dsl.ExitHandler(closer, name="tracked-run"):
             if resume:
                 uris = resume["uris"]
@@ -97,8 +97,8 @@ def make_planner_dpo(profile: dict | None = None, *, iterations: int = 5, doc: s
                                                pipeline=PIPELINE, **previous, **track)
                 apply_profile(accumulated, profile)
                 acc = accumulated.outputs["accumulated"]
-                trained = train_planner(config=train, iteration=i, model=base, pairs=acc, **track)
-                apply_profile(trained, profile)
+                trained = training_task(train_planner, train_planner_trainjob, profile,
+                                        config=train, iteration=i, model=base, pairs=acc, **track)
                 model = trained.outputs["merged"]
                 ev = evaluate_planner(config=evaluate, iteration=i, model=model, eval_dataset=eval_dataset,
                                       history=history, pairs=mined.outputs["pairs"],

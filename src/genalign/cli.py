@@ -84,8 +84,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
     params = {k: int(v[-1]) for k, v in _pairs(args.params, "--param").items()}
     tracking = None
     if args.pipeline_run:
-        tracking = {"experiment": args.experiment, "pipeline_run": args.pipeline_run, "pipeline": "cli"}
-    result = run_stage(args.name, config, inputs=inputs, outputs=outputs, params=params, tracking=tracking)
+        tracking = {"experiment": args.experiment, "pipeline_run": args.pipeline_run, "pipeline": args.pipeline}
+    tags = {k: v[-1] for k, v in _pairs(args.tags, "--tag").items()}
+    result = run_stage(args.name, config, inputs=inputs, outputs=outputs, params=params, tracking=tracking,
+                       tags=tags or None)
     print(json.dumps({"metrics": result.metrics, "summary": result.summary}, indent=2, default=str))
     return 0
 
@@ -136,11 +138,15 @@ def _load_profile(path: str | None, pipeline: str) -> ClusterProfile | None:
     from genalign.config.cluster import load_profile
 
     profile = load_profile(path)
-    several = {name: s.nodes for name, s in profile.stages.items() if s.nodes > 1}
-    if several:
+    from genalign.config.pipelines import STAGES
+
+    single = sorted(name for name, s in profile.stages.items() if s.nodes > 1 and not STAGES[name].distributed)
+    if single:
         raise ConfigError(
-            f"{path}: stages: nodes {several}: {pipeline} runs each stage in one pod (no TrainJob "
-            "launcher in it yet); set nodes: 1"
+            f"{path}: stages: {', '.join(f'{n}.nodes: {profile.stages[n].nodes}' for n in single)}: "
+            f"{', '.join(single)} run(s) in one process (the stage's declaration is not distributed); "
+            f"set nodes: 1. Stages that run on several nodes: "
+            f"{sorted(n for n, s in STAGES.items() if s.distributed)}"
         )
     return profile
 
@@ -547,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=INT")
     p.add_argument("--experiment", default="genalign-stages", help="MLflow experiment (with --pipeline-run)")
     p.add_argument("--pipeline-run", help="log to MLflow as a child of this pipeline run id")
+    p.add_argument("--tag", dest="tags", action="append", default=[], metavar="KEY=VALUE",
+                   help="a tag of the stage's MLflow run (genalign.iteration=N names it as in a pipeline)")
+    p.add_argument("--pipeline", default="cli", help="the pipeline tag of the stage's MLflow run (with --pipeline-run)")
     p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("stages", help="list the pipelines' stages with their inputs, outputs and params")

@@ -704,7 +704,8 @@ ROLE_RULES = [
         "resourceNames": ["genalign-s3"],
         "verbs": ["get"],
     },
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {
         "apiGroups": ["argoproj.io"],
         "resources": ["workflowtaskresults"],

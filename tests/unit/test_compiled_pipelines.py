@@ -157,7 +157,7 @@ def test_a_profile_without_an_mlflow_secret_still_labels_every_pod(tmp_path):
 
 @pytest.mark.parametrize("stages, message", [
     ("train: {gpus: 1}", "stages: unknown stage(s) ['train']; valid stages are ['accumulate-pairs', 'evaluate-hand-pose'"),
-    ("train-flow-dpo: {gpus: 8, nodes: 2}", "nodes {'train-flow-dpo': 2}: part-dpo runs each stage in one pod"),
+    ("prepare-parts: {gpus: 1, nodes: 2}", "prepare-parts.nodes: 2: prepare-parts run(s) in one process"),
 ])
 def test_compile_rejects_a_profile_it_cannot_honour(tmp_path, capsys, stages, message):
     profile = tmp_path / "cluster.yaml"
@@ -177,3 +177,27 @@ def test_planner_dpo_unrolls_one_round_per_shard(tmp_path):
                  for n in dag["tasks"]]
         assert sum(n.startswith("train-planner") for n in tasks) == rounds, preset
         assert sum(n.startswith("evaluate-planner") for n in tasks) == rounds + 1, preset  # + the base
+
+
+def test_a_stage_on_several_nodes_is_run_by_its_trainjob_launcher(tmp_path):
+    """k8s/cluster-profile.multinode.example.yaml: train-flow-dpo on 2 nodes of 8 GPUs is
+    the launcher task, a small pod with the TrainJob's settings compiled in; the exit
+    handler also deletes the run's TrainJobs."""
+    out = tmp_path / "part-dpo.yaml"
+    profile = ROOT / "k8s" / "cluster-profile.multinode.example.yaml"
+    assert main(["compile", "part-dpo", "--preset", "tiny", "--profile", str(profile), "-o", str(out)]) == 0
+    pipeline_spec, platform = yaml.safe_load_all(out.read_text())
+    dag = pipeline_spec["root"]["dag"]["tasks"]["exit-handler-1"]["componentRef"]["name"]
+    tasks = pipeline_spec["components"][dag]["dag"]["tasks"]
+    assert "train-flow-dpo" not in tasks and "train-flow-dpo-trainjob" in tasks
+    settings = tasks["train-flow-dpo-trainjob"]["inputs"]["parameters"]["trainjob"]["runtimeValue"]["constant"]
+    assert (settings["nodes"], settings["gpus"], settings["runtime"]) == (2, 8, "torch-distributed")
+    assert settings["image"].startswith("ghcr.io/genalign/genalign-cuda:")
+    assert tasks["evaluate-parts"]["inputs"]["artifacts"]["adapter"]["taskOutputArtifact"]["producerTask"] == (
+        "train-flow-dpo-trainjob")
+    executor = pipeline_spec["deploymentSpec"]["executors"]["exec-train-flow-dpo-trainjob"]["container"]
+    assert "accelerator" not in executor.get("resources", {})  # the nodes get the GPUs, not the launcher
+    exit_task = pipeline_spec["root"]["dag"]["tasks"]["close-tracking-and-sweep"]
+    assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "pvcMount" in k8s["exec-train-flow-dpo-trainjob"]  # outputs kept on the model cache

@@ -93,7 +93,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("genalign.data", "genalign.render"),
     ("genalign.evaluation",),
     ("genalign.generators", "genalign.executors", "genalign.scorers", "genalign.pairs"),
-    ("genalign.training",),
+    ("genalign.training", "genalign.trainjobs"),
     ("genalign.trainers",),
     ("genalign.resume",),
     ("genalign.stages",),

@@ -178,8 +178,12 @@ class ClusterProfile(Config):
         "/mnt/model-cache", help="Where model_cache_pvc is mounted; becomes GENALIGN_CACHE."
     )
     gpu: GPUConfig = field(default_factory=GPUConfig, help="The GPU resource and the GPU nodes' labels and taints.")
-    trainer_runtime: str | None = field(
-        None, help="Kubeflow Trainer ClusterTrainingRuntime of the stages that run on several nodes."
+    trainer_runtime: str = field(
+        "torch-distributed", help="Kubeflow Trainer ClusterTrainingRuntime of the stages that run on several nodes."
+    )
+    trainjob_timeout_hours: float = field(
+        24.0, help="How long the launcher of a multi-node stage waits for its TrainJob before it deletes it "
+        "and fails; the TrainJob's activeDeadlineSeconds is this plus a grace period (the backstop)."
     )
     stages: dict[str, StageResources] = field(
         default_factory=dict,
@@ -188,6 +192,10 @@ class ClusterProfile(Config):
     )
 
     def __post_init__(self) -> None:
+        if not self.trainer_runtime:
+            raise ValueError("trainer_runtime must name a ClusterTrainingRuntime, e.g. torch-distributed")
+        if not self.trainjob_timeout_hours > 0:
+            raise ValueError(f"trainjob_timeout_hours must be > 0, got {self.trainjob_timeout_hours}")
         _check_key_map("s3_secret_keys", self.s3_secret_keys)
         _check_key_map("mlflow_secret_keys", self.mlflow_secret_keys)
         if not self.model_cache_mount.startswith("/"):

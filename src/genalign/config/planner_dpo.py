@@ -148,15 +148,6 @@ class TrainPlannerConfig(Config):
     """DPO of a fresh adapter from the base planner on the accumulated pairs."""
 
     dpo: LMDPOConfig = field(default_factory=LMDPOConfig, help="trl DPOTrainer settings.")
-    processes: int = field(
-        1,
-        help="Training processes (torchrun; gloo on CPU, nccl on GPUs); the global batch is "
-        "dpo.per_device_batch_size * dpo.grad_accum * processes.",
-    )
-
-    def __post_init__(self) -> None:
-        if self.processes < 1:
-            raise ValueError(f"processes: expected an integer >= 1, got {self.processes}")
 
 
 @dataclass(frozen=True)

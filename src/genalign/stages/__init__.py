@@ -17,8 +17,11 @@ first two share, and it owns everything around the stage's own work:
   URIs that `--resume-from` reads back; a failure is tagged with its reason;
 - secrets never leave it (`genalign.secrets`): the tracker masks what it logs, the failure
   reason is masked, and an error that carries a secret is raised with it masked;
-- under torchrun only rank 0 tracks, seals and publishes outputs; other ranks write to
-  scratch directories that are dropped;
+- processes: a distributed stage (`Stage.distributed`) whose task has N > 1 GPUs
+  (GENALIGN_PROCESSES, from the cluster profile) runs its `run()` in N torchrun workers on
+  this node (`genalign.stages.worker`); under torchrun already (a TrainJob's pods)
+  every rank runs it here, and only rank 0 tracks, seals and publishes outputs while the
+  other ranks write to scratch directories that are dropped;
 - `.NAME.*.tmp` directories that a killed stage left beside an output are removed.
 
 The stage table is the pipelines' declaration (`genalign.config.pipelines.STAGES`).
@@ -40,6 +43,7 @@ from genalign.config.base import ConfigError, flatten
 from genalign.config.pipelines import STAGES, Stage, get_stage
 from genalign.secrets import masked_errors, redact
 from genalign.tracking import ERROR_TAG, ITERATION_TAG, OUTPUT_TAG, REUSED_TAG, SHARD_TAG, STAGE_TAG
+from genalign.training.launch import stage_processes
 
 __all__ = ["STAGES", "Stage", "StageResult", "get_stage", "run_stage"]
 
@@ -174,16 +178,22 @@ def run_stage(
         try:
             _fail_if_asked(name, params, tags)
             fingerprint = artifacts.fingerprint(name, _pinned(cfg.to_dict()), {**params, **_numerics(stage)}, local_in)
-            stored = artifacts.sealed_result(local_out, fingerprint) if rank == 0 else None
+            # One of several torchrun processes recomputes (with the others) rather than
+            # reuse alone: rank 0 returning early would leave the others waiting for it.
+            several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+            stored = artifacts.sealed_result(local_out, fingerprint) if rank == 0 and not several else None
             if stored is not None:
                 result = _decode(stored)
             else:
-                module = importlib.import_module(stage.module)
                 kwargs: dict[str, Any] = {k: None for k in stage.optional}
                 kwargs.update(local_in)
                 kwargs.update(local_out)
                 kwargs.update(params)
-                result = module.run(cfg, **kwargs, tracker=tracker)
+                processes = stage_processes(stage.distributed)
+                if processes > 1:
+                    result = _run_processes(stage, cfg, kwargs, params, processes, tracker, scratch)
+                else:
+                    result = importlib.import_module(stage.module).run(cfg, **kwargs, tracker=tracker)
                 if rank == 0:
                     for path in local_out.values():
                         artifacts.seal(path, stage=name, fingerprint=fingerprint, result=_encode(result))
@@ -209,6 +219,31 @@ def run_stage(
         for key, value in result.metrics.items():
             metrics_output.log_metric(key, value)
     return result
+
+
+def _run_processes(stage: Stage, cfg: Any, kwargs: dict[str, Any], params: dict[str, Any], processes: int,
+                   tracker: Any, scratch: Path) -> StageResult:
+    """The stage's `run()` in `processes` torchrun workers on this node
+    (`genalign.stages.worker`); rank 0 writes the outputs and the result read back here."""
+    from genalign.storage import atomic_write_json
+    from genalign.training.launch import run_relayed, torchrun_command, worker_env
+
+    def text(value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value]
+        return None if value is None else str(value)
+
+    result_file = scratch / "worker-result.json"
+    spec_file = scratch / "worker-spec.json"
+    atomic_write_json(spec_file, {
+        "stage": stage.name, "config": cfg.to_dict(),
+        "paths": {k: text(v) for k, v in kwargs.items() if k not in params},
+        "params": params, "result": str(result_file), "run_id": getattr(tracker, "run_id", None),
+    })
+    cmd = torchrun_command("genalign.stages.worker", ["--spec", str(spec_file)], processes)
+    run_relayed(cmd, worker_env(), None, name=f"{stage.name} ({processes} processes)")
+    stored = json.loads(result_file.read_text())
+    return StageResult(metrics={k: float(v) for k, v in stored["metrics"].items()}, summary=stored["summary"])
 
 
 def _numerics(stage: Stage) -> dict[str, Any]:

@@ -22,6 +22,28 @@ function of (seed, pair index, draw), so a step's data depends only on the step 
 A checkpoint (adapter tensors, optimizer tensors, step, RNG state; safetensors and JSON:
 `genalign.training.checkpoints`) is therefore enough to resume to the same final adapter.
 
+Processes. Under torchrun (`torchrun --no-python genalign stage train-flow-dpo ...`, or the
+pods of a TrainJob) N processes take the same optimizer steps as one process with the same
+`batch_size` and `grad_accum` (`genalign.training.distributed`; gloo on CPU, nccl on CUDA,
+rank r on cuda:LOCAL_RANK). Every rank draws the same micro-batches and rank r takes their
+pairs r, r + N, ...; its loss on each is weighted by its pairs' share of the step's pairs
+(the global count, as one process weights a micro-batch), so the sum of the ranks'
+gradients, one all-reduce per step before clipping, is the one-process gradient up to the
+order of the additions, also when the shares are uneven. A rank whose share of a
+micro-batch is empty runs no forward for it and joins the all-reduce with zeros. The
+logged statistics are weighted the same way and summed over the ranks too, so every rank
+sees the one-process numbers; clipping and AdamW then act on identical gradients and the
+adapters stay identical without a broadcast. With `precompute_reference` the ranks split
+the (draw, chunk) forwards and sum a zero-initialised table, so every rank holds all of it.
+With dropout each rank draws its own masks, so only dropout 0 (the default) matches one
+process; so does `dspo_sdxl`, whose distance switch is on the mean of each rank's share
+rather than of the micro-batch, only while the switch agrees. Rank 0 alone writes
+checkpoints, the adapter and genalign.json, and logs to the tracker the caller gives it
+(`genalign.stages.run_stage` gives the others a NullTracker); every rank reads the
+checkpoint it resumes from, so `out_dir` must be one directory shared by all of them
+(setup checks that they resumed from the same step). tests/integration/
+test_flow_dpo_distributed.py compares one and two processes.
+
 Layout written under `out_dir`:
 
     checkpoints/step_00000050/   adapter.safetensors, optimizer.safetensors,
@@ -31,7 +53,7 @@ Layout written under `out_dir`:
                                   adapter_type, metrics, config}
 
 Use: `train_flow_dpo(cfg, base_model_dir=..., pairs=load_pair_tensors(rows, MAX_PARTS),
-out_dir=..., tracker=NullTracker())`.
+out_dir=..., tracker=NullTracker())`, in one process or in each of torchrun's.
 """
 
 from __future__ import annotations
@@ -55,7 +77,7 @@ from genalign.losses.timesteps import flow_interpolate, flow_target, sample_time
 from genalign.models.part_dit import CONFIG_NAME, WEIGHTS_NAME, PartDiT
 from genalign.storage import ArtifactError
 from genalign.tracking import Tracker
-from genalign.training import base_model, checkpoints
+from genalign.training import base_model, checkpoints, distributed
 from genalign.training.adapters import (
     AdapterSwitch,
     attach_adapter,
@@ -63,6 +85,7 @@ from genalign.training.adapters import (
     save_adapter_dir,
 )
 from genalign.training.checkpoints import latest_checkpoint
+from genalign.training.launch import is_main_process, rank, world_size
 from genalign.training.seeds import derive_seed
 
 if TYPE_CHECKING:
@@ -79,6 +102,9 @@ SUPPORTED_EXTRA_INPUTS = ("chosen_policy_ref_mse",)
 # With a precomputed reference, drift costs an extra no-grad forward: by default it is
 # measured this many times less often than the training statistics are logged.
 DRIFT_EVERY_PRECOMPUTED = 10
+# The statistics of a step, each a sum over its pairs weighted by 1 / (the step's pairs),
+# in the order they are logged; "drift" follows on the steps that measure it.
+STEP_STATS = ("loss", "implicit_accuracy", "reward_margin", "chosen_reward", "rejected_reward")
 
 
 def to_host(values: torch.Tensor) -> list[float]:
@@ -306,7 +332,8 @@ class FlowDPOTrainer:
         self.out_dir = Path(out_dir)
         self.tracker = tracker
         self.resume = resume
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        # Joins torchrun's process group when this is one of several processes.
+        self.device = distributed.setup()
         self.pairs = pairs.to(self.device)
         self.micro_per_epoch = math.ceil(len(pairs) / cfg.batch_size)
         self.total_steps = cfg.max_steps or math.ceil(
@@ -351,12 +378,13 @@ class FlowDPOTrainer:
             list(self.trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
 
-        if not self.resume:
+        if not self.resume and is_main_process():
             checkpoints.remove_checkpoints(self.out_dir)
         latest = latest_checkpoint(self.out_dir) if self.resume else None
         if latest is not None:
             self._load_checkpoint(latest)
             logger.info("resumed from %s at step %d", latest, self.step)
+        self._check_ranks_agree_on_step()
 
         self.ref_errors: torch.Tensor | None = None
         if cfg.precompute_reference and self.step < self.total_steps:
@@ -366,21 +394,40 @@ class FlowDPOTrainer:
             step=self.step,
         )
 
+    def _check_ranks_agree_on_step(self) -> None:
+        """Every rank starts from the same step, or the ranks would run different numbers
+        of all-reduces. It is also the point after which rank 0 may write (and prune)
+        checkpoints: every rank has read the one it resumed from."""
+        steps = torch.zeros(world_size(), device=self.device)  # float32: exact below 2**24
+        steps[rank()] = self.step
+        distributed.sum_([steps])
+        found = [int(s) for s in steps.tolist()]
+        if len(set(found)) > 1:
+            raise ArtifactError(
+                f"{self.out_dir}: the ranks resumed from steps {found} (by rank); every rank "
+                "must see the same out_dir (a filesystem shared by all of them)"
+            )
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.use_bf16:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _precompute_reference(self) -> torch.Tensor:
-        """Reference errors [N, R, 2] (chosen, rejected) at draws r = 0..R-1 of every pair."""
+        """Reference errors [N, R, 2] (chosen, rejected) at draws r = 0..R-1 of every pair.
+
+        Each rank computes every N-th chunk into a zeroed table; the sum over the ranks
+        adds zeros to every entry but one, so each rank ends with the whole table, exactly.
+        """
         from tqdm.auto import tqdm
 
         cfg, n = self.cfg, len(self.pairs)
-        out = torch.empty(n, cfg.reference_draws, 2, device=self.device)
+        out = torch.zeros(n, cfg.reference_draws, 2, device=self.device)
         shape = tuple(self.pairs.x0_chosen.shape[1:])
         chunks = [(s, r) for r in range(cfg.reference_draws) for s in range(0, n, cfg.batch_size)]
+        mine = chunks[rank() :: world_size()]  # as distributed.shard splits a step's pairs
         with self.switch.reference():
-            for start, r in tqdm(chunks, desc="reference errors", disable=None):
+            for start, r in tqdm(mine, desc="reference errors", disable=self._tqdm_disable):
                 index = torch.arange(start, min(start + cfg.batch_size, n))
                 t, noise = draw_timesteps_and_noise(cfg, index, r, shape)
                 batch = self.pairs.select(self._to_device(index))
@@ -390,7 +437,13 @@ class FlowDPOTrainer:
                         *duplicate_for_pair(batch, self._to_device(t), self._to_device(noise)),
                     )
                 out[self._to_device(index), r] = torch.stack(err.chunk(2), dim=-1)
+        distributed.sum_([out])
         return out
+
+    @property
+    def _tqdm_disable(self) -> bool | None:
+        """tqdm's `disable`: None (off without a terminal) on rank 0, True on the others."""
+        return None if is_main_process() else True
 
     # --- data order -------------------------------------------------------------------
 
@@ -409,9 +462,10 @@ class FlowDPOTrainer:
     def _micro_step(
         self, index: torch.Tensor, epoch: int, weight: float, measure_drift: bool
     ) -> dict[str, torch.Tensor]:
-        """Forward and backward of one micro-batch of pairs; its loss is scaled by `weight`
-        (its share of the step's pairs). Returns its statistics as detached tensors on the
-        device, already weighted: `train_step` brings them to the host in one copy."""
+        """Forward and backward of this rank's pairs `index` of one micro-batch; its loss is
+        scaled by `weight` (their share of the step's pairs on all ranks). Returns its
+        statistics (STEP_STATS, + drift) as detached tensors on the device, already
+        weighted: `train_step` sums them over ranks and brings them to the host in one copy."""
         cfg = self.cfg
         draw = epoch % cfg.reference_draws if self.ref_errors is not None else epoch
         t, noise = draw_timesteps_and_noise(cfg, index, draw, tuple(self.pairs.x0_chosen.shape[1:]))
@@ -479,24 +533,31 @@ class FlowDPOTrainer:
         return step_no % every == 0 or step_no == self.total_steps
 
     def train_step(self) -> dict[str, float]:
-        """One optimizer step: its micro-batches, gradient clipping, AdamW; logs and returns
+        """One optimizer step: its micro-batches (this rank's share of each), the sum of the
+        gradients and statistics over the ranks, gradient clipping, AdamW; logs and returns
         the step's statistics. The statistics cross to the host once (`to_host`), which is
         the step's only host sync on CUDA."""
         cfg = self.cfg
         step_no = self.step + 1
         measure_drift = self._measures_drift(step_no)
         micro = [self._micro_batch(self.step * cfg.grad_accum + a) for a in range(cfg.grad_accum)]
-        n_step = sum(len(index) for index, _ in micro)
+        n_step = sum(len(index) for index, _ in micro)  # on all ranks together
 
         self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, torch.Tensor] = {}
+        keys = STEP_STATS + (("drift",) if measure_drift else ())
+        sums = torch.zeros(len(keys), device=self.device)
         for index, epoch in micro:
-            stats = self._micro_step(index, epoch, len(index) / n_step, measure_drift)
-            for k, v in stats.items():
-                sums[k] = sums[k] + v if k in sums else v
+            mine = distributed.shard(index)
+            if len(mine) == 0:  # fewer pairs than ranks: nothing to forward, zeros to sum
+                continue
+            stats = self._micro_step(mine, epoch, len(mine) / n_step, measure_drift)
+            sums += torch.stack([stats[k] for k in keys])
+        distributed.sum_gradients(self.trainable.values())
+        distributed.sum_([sums])
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
-        sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), max_norm)
-        host = dict(zip(sums, to_host(torch.stack([v.float() for v in sums.values()]))))
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), max_norm)
+        values = torch.cat([sums, grad_norm.float().reshape(1)])
+        host = dict(zip((*keys, "grad_norm"), to_host(values)))
         if not math.isfinite(host["loss"]):
             raise FloatingPointError(
                 f"flow-dpo loss is {host['loss']} at step {step_no}; lower lr or beta"
@@ -513,7 +574,9 @@ class FlowDPOTrainer:
         cfg = self.cfg
         start_time = time.perf_counter()
         start_seconds = self.seconds
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="flow-dpo", disable=None)
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, desc="flow-dpo", disable=self._tqdm_disable
+        )
         while self.step < self.total_steps:
             stats = self.train_step()
             bar.update(1)
@@ -538,6 +601,10 @@ class FlowDPOTrainer:
     # --- checkpoints ------------------------------------------------------------------
 
     def _save_checkpoint(self) -> None:
+        """Rank 0 writes; the others hold the same tensors (and never read a checkpoint
+        after setup, so they need not wait for it)."""
+        if not is_main_process():
+            return
         checkpoints.save_checkpoint(
             self.out_dir,
             self.step,
@@ -570,7 +637,13 @@ class FlowDPOTrainer:
     # --- save / cleanup ---------------------------------------------------------------
 
     def save(self, metrics: dict[str, float]) -> None:
-        """Write the peft adapter into out_dir, then genalign.json last (marks it complete)."""
+        """Write the peft adapter into out_dir, then genalign.json last (marks it complete);
+        rank 0 writes, and every rank returns once it has."""
+        if is_main_process():
+            self._write_adapter(metrics)
+        distributed.barrier()
+
+    def _write_adapter(self, metrics: dict[str, float]) -> None:
         save_adapter_dir(self.model, self.out_dir)
         write_model_card(
             self.out_dir,
@@ -587,10 +660,12 @@ class FlowDPOTrainer:
         )
 
     def cleanup(self) -> None:
+        """Free the model and leave the process group joined in the constructor."""
         del self.model, self.optimizer
         self.ref_errors = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        distributed.teardown()
 
 
 def train_flow_dpo(
@@ -610,6 +685,10 @@ def train_flow_dpo(
     returns {loss, implicit_accuracy, reward_margin, chosen_reward, rejected_reward,
     grad_norm, drift, steps, pairs, seconds} of the last step. `base_model_ref` is the
     reference recorded in genalign.json (default: the directory).
+
+    Under torchrun every rank calls it with the same arguments and `out_dir`; rank 0
+    writes it, and each rank returns only once it is complete, having joined and left
+    the process group.
     """
     trainer = FlowDPOTrainer(
         cfg,

@@ -34,9 +34,39 @@ is saved as `backbone_adapter/` (a peft directory) and merged into the weights, 
 model a phase writes is always a plain `HandPoseModel`, and the next phase that trains
 the backbone starts a fresh adapter on the merged weights.
 
-Resume: the data order of epoch e is a pure function of (seed, phase, e) and the RNG
-state is in the checkpoint, so a phase killed at any step and resumed from its last
-checkpoint ends with the weights of an uninterrupted run.
+Resume: the data order of epoch e and every crop's roll in it (`rotation_augment_deg`)
+are pure functions of (seed, phase, e) and the RNG state is in the checkpoint, so a phase
+killed at any step and resumed from its last checkpoint ends with the weights of an
+uninterrupted run.
+
+Processes: under torchrun (`python -m torch.distributed.run --nproc-per-node N
+--no-python genalign stage train-hand-pose ...`, or a TrainJob's pods) every rank calls
+`train_phase` with the same arguments and joins the process group
+(`genalign.training.distributed.setup`: gloo on CPU, nccl on this rank's GPU). All ranks
+draw the same epoch order, and rank r takes the crops r, r + N, ... of each micro-batch
+of `batch_size` crops (`batch_size` is the global micro-batch; it splits unevenly when N
+does not divide it, and needs at least one crop per rank). Each loss term is a mean over
+the crops (or over those with a labelled object), and each rank weights its share's
+mean by the share's part of the micro-batch's count, which makes it the share's sum
+divided by the global count (`phase_losses`); the diversity hinge is on the whole
+micro-batch's spread, computed from sums over the ranks with a differentiable
+all-reduce (`micro_batch_std`). So the ranks' gradients sum to the one-process gradient,
+and `sum_gradients`, once per optimizer step before clipping, gives every rank that sum:
+clipping, AdamW and the EMA then see identical numbers, and the weights stay identical
+without a broadcast. Every rank builds the same parameter groups, and the all-reduce
+covers the active groups' parameters that got a gradient (the same on every rank). The
+step's statistics are summed the same way before they reach the host, so the logs, the
+NaN and collapse checks and `final_loss` are the one-process values on every rank.
+Nothing else depends on the batch: the model normalises with LayerNorm only (no
+BatchNorm statistics), σReparam's power iteration reads only the weights, and a crop's
+roll is drawn per crop and epoch, not in batch order. Settings that draw noise in the
+forward pass from the process's RNG stream (the stochastic head, dropout in the adapter
+or the backbone) are refused with N > 1, as each rank would draw its own. What is left
+between N processes and one is float rounding (tests/integration/
+test_hand_pose_distributed.py). Rank 0 alone writes checkpoints and the model, logs and
+shows progress; every rank resumes from rank 0's latest checkpoint, so `out_dir` must be
+on a filesystem they all see (ranks that find different steps stop with an error), and
+`train_phase` returns on every rank only once rank 0 has written it.
 """
 
 from __future__ import annotations
@@ -64,6 +94,7 @@ from genalign.training.checkpoints import (
     save_checkpoint,
 )
 from genalign.training.ema import EMA
+from genalign.training.launch import is_main_process, rank, world_size
 from genalign.training.schedules import warmup_sgdr
 from genalign.training.seeds import derive_seed
 
@@ -72,6 +103,9 @@ ADAPTER_DIR = "backbone_adapter"
 # DINOv2's attention projections and MLP (the module names of transformers 5's Dinov2Layer).
 BACKBONE_ADAPTER_TARGETS = ("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj",
                             "mlp.fc1", "mlp.fc2")
+# Dinov2Config's dropout and stochastic-depth rates (transformers 5); 0 in the tiny
+# backbone and in the released DINOv2 checkpoints.
+BACKBONE_NOISE = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
 METHOD = "hand_pose"
 ARCH = "hand-pose"
 # Points sampled along each bone for the penetration term (plus the joints themselves).
@@ -98,12 +132,17 @@ class Targets(NamedTuple):
     object_valid: Tensor  # [B] bool
 
 
+def _object_valid(batch: Mapping[str, Tensor]) -> Tensor:
+    """[B] bool: the crop's object is labelled (a crop without one has NaN pose and extent)."""
+    return torch.isfinite(batch["object_extent"]).all(-1) & torch.isfinite(batch["object_pose"]).flatten(1).all(-1)
+
+
 def _targets(batch: Mapping[str, Tensor], device: torch.device) -> Targets:
     """A batch of the dataset artifact's tensors as model inputs and targets in mm."""
     j = batch["joints3d"].to(device, torch.float32) * 1000.0  # metres -> mm, the only conversion
     pose = batch["object_pose"].to(device, torch.float32)
     half = batch["object_extent"].to(device, torch.float32) * 1000.0
-    valid = torch.isfinite(half).all(-1) & torch.isfinite(pose).flatten(1).all(-1)
+    valid = _object_valid(batch).to(device)
     pose = torch.nan_to_num(pose)
     t = pose[:, :, 3] * 1000.0
     return Targets(
@@ -155,12 +194,55 @@ def rotate_about_crop_centre(y: Targets, angle: Tensor) -> Targets:
                       object_R=R @ y.object_R, object_t_mm=t, object_rel_mm=t - cam[:, 0])
 
 
-def phase_losses(out: Any, y: Targets, phase: PhaseConfig, cfg: TrainHandPoseConfig) -> dict[str, Tensor]:
-    """Every loss term of `phase` (unweighted) and `loss`, their weighted sum."""
+class MicroBatch(NamedTuple):
+    """What this rank's loss terms are weighted by: the counts of the whole micro-batch (all
+    ranks' shares together) and its spread."""
+
+    samples: int  # crops in the micro-batch
+    objects: int  # of them with a labelled object
+    std: Tensor  # [21, 3] mm, the refined joints' spread across the micro-batch (micro_batch_std)
+
+
+def micro_batch_std(pred: Tensor, samples: int) -> Tensor:
+    """The standard deviation (correction 0) across a micro-batch of `samples` predictions,
+    from this rank's share `pred` [b, J, 3] of them, with its gradient. -> [J, 3]
+
+    Two passes, as torch.std: the mean, then the mean squared deviation, each summed over
+    the ranks with `all_sum`. Where the spread is exactly 0 (the root joint, always at 0)
+    the gradient is 0, torch.std's subgradient, rather than sqrt's inf * 0 = NaN."""
+    from genalign.training.distributed import all_sum
+
+    if samples < 2:
+        raise ValueError(f"micro_batch_std: the spread needs a micro-batch of at least 2 crops, got {samples}; "
+                         "raise batch_size")
+    mean = all_sum(pred.sum(0)) / samples  # [J, 3]
+    var = all_sum((pred - mean).square().sum(0)) / samples  # [J, 3]
+    return torch.where(var > 0, var.clamp_min(torch.finfo(var.dtype).tiny).sqrt(), torch.zeros_like(var))
+
+
+def phase_losses(out: Any, y: Targets, phase: PhaseConfig, cfg: TrainHandPoseConfig,
+                 batch: MicroBatch | None = None) -> dict[str, Tensor]:
+    """Every loss term of `phase` (unweighted) and `loss`, their weighted sum, as this rank's
+    part of the micro-batch's value: the parts sum over the ranks to what one process
+    computes on the whole micro-batch (and in one process are that).
+
+    `y` is this rank's share of the micro-batch `batch`, or with `batch` None a whole
+    micro-batch in this process alone. A term that is a mean over crops is weighted by the
+    share's part of the count it averages over (crops, or crops with an object):
+    mean_share * n_share / n = sum_share / n. The diversity hinge is on the whole
+    micro-batch's spread, the same on every rank, so each rank takes 1 / world_size of it."""
     from genalign.data.hand_skeleton import BONES
     from genalign.losses import hand_pose as L
 
     w = phase.weights
+    if batch is None:
+        share = object_share = 1.0
+        diversity = L.diversity_loss(out.refined3d, cfg.diversity_margin_mm)
+    else:
+        share = len(y.images) / batch.samples
+        object_share = int(y.object_valid.sum()) / max(batch.objects, 1)
+        # L.diversity_loss's hinge, on the spread of the whole micro-batch
+        diversity = torch.relu(cfg.diversity_margin_mm - batch.std).mean() / world_size()
     terms = {
         "joints3d": L.joints3d_loss(out.joints3d, y.rel_mm),
         "refined": L.joints3d_loss(out.refined3d, y.rel_mm),
@@ -168,16 +250,18 @@ def phase_losses(out: Any, y: Targets, phase: PhaseConfig, cfg: TrainHandPoseCon
         # points the refinement samples features at
         "reprojection": L.reprojection_loss(out.joints_cam, y.K, y.px) + (out.joints2d - y.px).norm(dim=-1).mean(),
         "root_depth": (out.root_depth - y.cam_mm[:, 0, 2]).abs().mean(),
-        "diversity": L.diversity_loss(out.refined3d, cfg.diversity_margin_mm),
         "kl": out.kl,
     }
+    terms = {k: v * share for k, v in terms.items()}
+    terms["diversity"] = diversity
     if w.object > 0:
-        terms["object"] = L.object_pose_loss(out.object_translation, y.object_rel_mm, out.object_rotation,
-                                             y.object_R, cfg.object_rotation_weight, valid=y.object_valid)
+        terms["object"] = object_share * L.object_pose_loss(
+            out.object_translation, y.object_rel_mm, out.object_rotation, y.object_R, cfg.object_rotation_weight,
+            valid=y.object_valid)
     if w.penetration > 0:
         points = L.bone_points(out.joints_cam, BONES, BONE_SAMPLES)
-        terms["penetration"] = L.box_penetration_loss(points, y.object_R, y.object_t_mm, y.object_half_mm,
-                                                      cfg.penetration_radius_mm, y.object_valid)
+        terms["penetration"] = object_share * L.box_penetration_loss(
+            points, y.object_R, y.object_t_mm, y.object_half_mm, cfg.penetration_radius_mm, y.object_valid)
     terms["loss"] = sum(getattr(w, k) * v for k, v in terms.items())
     return terms
 
@@ -232,14 +316,22 @@ def train_phase(
     `previous` is the previous phase's model directory (None for the first phase).
     `stop_at` (recovery drills and tests) returns after that many optimizer steps with a
     checkpoint written, as if the task had been killed there. Returns the final metrics.
+    Under torchrun every rank calls it with the same arguments (module docstring,
+    "Processes"); it joins the process group if none is joined, and leaving it is the
+    caller's (`genalign.training.distributed.teardown`).
     """
-    from genalign.models.hand_pose import save_hand_pose
+    from genalign.training import distributed
 
-    tracker = tracker or NullTracker()
+    device = distributed.setup()
+    main = is_main_process()
+    tracker = (tracker or NullTracker()) if main else NullTracker()
     phase = cfg.phases[phase_index]
     if (previous is None) != (phase_index == 0):
         raise ValueError(f"phase {phase.name}: the first phase starts from a fresh model and every later "
                          f"one from the previous phase's (got previous={previous})")
+    if cfg.batch_size < world_size():
+        raise ValueError(f"phase {phase.name}: batch_size {cfg.batch_size} is split across {world_size()} "
+                         "processes, which need at least one crop each; raise batch_size or use fewer processes")
     n = int(data["images"].shape[0])
     per_step = cfg.batch_size * cfg.grad_accum
     steps_per_epoch = n // per_step
@@ -247,11 +339,15 @@ def train_phase(
         raise ValueError(f"phase {phase.name}: {n} training crops are fewer than one step's "
                          f"batch_size x grad_accum = {per_step}")
     total = phase.epochs * steps_per_epoch
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.bf16)
 
     model = build_model(cfg, previous)
     adapter = cfg.backbone_adapter != "none" and "backbone" in phase.trainable
+    noisy = _forward_noise(cfg, model, adapter)
+    if noisy and world_size() > 1:
+        raise ValueError(f"phase {phase.name}: {noisy} draw random numbers in the forward pass from each "
+                         f"process's own stream by batch position, so {world_size()} processes would not train "
+                         "as one; turn them off, or train in one process")
     if adapter:
         _attach_backbone_adapter(model, cfg, phase_index)
     model = model.to(device)
@@ -271,8 +367,10 @@ def train_phase(
 
     step, collapsed, seconds = 0, 0, 0.0
     torch.manual_seed(derive_seed(cfg.seed, "train", phase_index))
-    ckpt = latest_checkpoint(out_dir) if resume else None
-    if not resume:
+    ckpt = None
+    if resume:
+        ckpt = latest_checkpoint(out_dir)
+    elif main:
         remove_checkpoints(out_dir)
     if ckpt is not None:
         state = read_checkpoint_state(ckpt)
@@ -280,23 +378,28 @@ def train_phase(
         restore_checkpoint(ckpt, params={"model": model.state_dict()}, optimizer=optimizer)
         ema.load_state_dict(read_checkpoint_tensors(ckpt, "ema"))
         step, collapsed, seconds = state["step"], state["collapsed"], state["seconds"]
+    # a collective, so also the barrier that keeps rank 0 from writing (and pruning)
+    # checkpoints before every rank has read the one it resumes from
+    _check_same_step(step, out_dir, device)
 
     from tqdm.auto import tqdm
 
-    from genalign.losses.hand_pose import per_joint_batch_std
-
-    bar = tqdm(total=total, initial=step, desc=f"train {phase.name}", unit="step", mininterval=2.0)
+    bar = tqdm(total=total, initial=step, desc=f"train {phase.name}", unit="step", mininterval=2.0,
+               disable=not main)
     running: dict[str, float] = {}
     stats: dict[str, float] = {}
     start = time.perf_counter()
     model.train()
-    order_epoch, order = -1, None
+    order_epoch, order, angles = -1, None, None
     while step < total and (stop_at is None or step < stop_at):
         epoch, within = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:  # each epoch's order, and its groups, once
+        if epoch != order_epoch:  # each epoch's order, augmentation and groups, once
             order_epoch = epoch
             order = torch.randperm(n, generator=torch.Generator().manual_seed(
                 derive_seed(cfg.seed, "order", phase_index, epoch)))
+            # crop i's roll in this epoch, whichever step, micro-batch and rank it falls to
+            angles = (torch.rand(n, generator=torch.Generator().manual_seed(
+                derive_seed(cfg.seed, "rotate", phase_index, epoch))) * 2 - 1) * math.radians(cfg.rotation_augment_deg)
             active = _active_groups(phase, epoch)
             _set_trainable(groups, active)
         mult = warmup_sgdr(step, warmup=cfg.warmup_steps, cycle=cfg.restart_epochs * steps_per_epoch,
@@ -304,22 +407,30 @@ def train_phase(
         for group in optimizer.param_groups:
             group["lr"] = lr_of[group["name"]] * mult
         optimizer.zero_grad(set_to_none=True)
-        stats = {}
+        parts: dict[str, Tensor] = {}
         spread = math.inf
         for micro in range(cfg.grad_accum):
             at = (within * cfg.grad_accum + micro) * cfg.batch_size
-            y = _targets({k: v[order[at:at + cfg.batch_size]] for k, v in data.items()}, device)
+            index = order[at:at + cfg.batch_size]  # the micro-batch, all ranks together
+            mine = distributed.shard(index)
+            y = _targets({k: v[mine] for k, v in data.items()}, device)
             if cfg.rotation_augment_deg > 0:
-                draw = torch.Generator().manual_seed(derive_seed(cfg.seed, "rotate", phase_index, step, micro))
-                angle = (torch.rand(len(y.images), generator=draw) * 2 - 1) * math.radians(cfg.rotation_augment_deg)
-                y = rotate_about_crop_centre(y, angle.to(device))
+                y = rotate_about_crop_centre(y, angles[mine].to(device))
             with autocast:
                 out = forward(y.images, y.K)
-                terms = phase_losses(out, y, phase, cfg)
+                std = micro_batch_std(out.refined3d, len(index))
+                batch = MicroBatch(samples=len(index), objects=int(_object_valid(
+                    {k: data[k][index] for k in ("object_pose", "object_extent")}).sum()), std=std)
+                terms = phase_losses(out, y, phase, cfg, batch)
             (terms["loss"] / cfg.grad_accum).backward()
             for k, v in terms.items():
-                stats[k] = stats.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
-            spread = min(spread, float(per_joint_batch_std(out.refined3d.detach()).mean()))
+                parts[k] = parts.get(k, 0.0) + v.detach() / cfg.grad_accum
+            # per_joint_batch_std's statistic, of the whole micro-batch: the same on every rank
+            spread = min(spread, float(std.detach().mean()))
+        # the ranks' parts of the step's terms add up to its terms, on every rank
+        totals = torch.stack(list(parts.values())).float()
+        distributed.sum_([totals])
+        stats = dict(zip(parts, totals.tolist(), strict=True))
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(
                 f"phase {phase.name}, step {step}: the loss is {stats['loss']} (terms "
@@ -332,9 +443,13 @@ def train_phase(
                     "weights.diversity, lower lr, or check that the training crops' poses vary")
             if cfg.stop_on_collapse:
                 raise CollapseError(hint)
-            if collapsed == 1:
+            if collapsed == 1 and main:
                 warnings.warn(hint, stacklevel=1)
         trained = [p for g in active for p in groups[g]]
+        # Every rank runs the same graph, so the same parameters got a gradient; one the
+        # forward never uses (DINOv2's mask_token) keeps None, as in one process, where AdamW
+        # skips it rather than decaying it.
+        distributed.sum_gradients([p for p in trained if p.grad is not None])
         grad_norm = (torch.nn.utils.clip_grad_norm_(trained, cfg.grad_clip) if cfg.grad_clip > 0
                      else torch.tensor(0.0))
         optimizer.step()
@@ -348,7 +463,7 @@ def train_phase(
             tracker.log_metrics({f"train/{k}": v / count for k, v in running.items()}, step=step)
             bar.set_postfix(loss=f"{running['loss'] / count:.3g}")
             running = {}
-        if step % cfg.checkpoint_every == 0 or step == total or step == stop_at:
+        if main and (step % cfg.checkpoint_every == 0 or step == total or step == stop_at):
             save_checkpoint(
                 out_dir, step, tensors={"model": model.state_dict(), "ema": ema.state_dict()},
                 optimizer=optimizer, keep=cfg.keep_checkpoints,
@@ -356,14 +471,28 @@ def train_phase(
                        "seconds": seconds + time.perf_counter() - start},
             )
     bar.close()
+    distributed.barrier()  # every rank returns once the last checkpoint is written
     seconds += time.perf_counter() - start
     metrics = {"steps": float(step), "epochs": float(phase.epochs), "seconds": seconds,
                "collapsed_batches": float(collapsed), "final_loss": stats.get("loss", math.nan)}
     if step < total:  # stopped on purpose: the checkpoint is what a resumed run continues from
         return metrics
-    model.eval()
+    if main:
+        _save_phase(model, ema, cfg, phase_index, adapter, metrics, out_dir)
+    distributed.barrier()  # and once the model is written
+    return metrics
+
+
+def _save_phase(model: torch.nn.Module, ema: EMA, cfg: TrainHandPoseConfig, phase_index: int, adapter: bool,
+                metrics: Mapping[str, float], out_dir: Path) -> None:
+    """Write the trained phase into `out_dir`: the raw and EMA weights, the backbone
+    adapter (merged into the raw weights afterwards), the model card."""
     from safetensors.torch import save_file
 
+    from genalign.models.hand_pose import save_hand_pose
+
+    phase = cfg.phases[phase_index]
+    model.eval()
     with ema.apply_to(model):
         ema_state = _plain_state(model, adapter)
     if adapter:
@@ -382,7 +511,32 @@ def train_phase(
                "weights": {"raw": "model.safetensors", "ema": EMA_FILE},
                **({"backbone_adapter": ADAPTER_DIR} if adapter else {})},
     ))
-    return metrics
+
+
+def _forward_noise(cfg: TrainHandPoseConfig, model: torch.nn.Module, adapter: bool) -> list[str]:
+    """The settings under which the forward pass draws random numbers (from the process's
+    RNG stream, in batch order): the stochastic head's sample, the adapter's dropout, the
+    backbone's dropout and stochastic depth (DINOv2 checkpoints ship with them off)."""
+    backbone = model.backbone.config
+    found = {
+        "model.stochastic_head": cfg.model.stochastic_head,
+        "adapter_dropout": adapter and cfg.adapter_dropout > 0,
+        **{f"the backbone's {k}": getattr(backbone, k) > 0 for k in BACKBONE_NOISE},
+    }
+    return [name for name, on in found.items() if on]
+
+
+def _check_same_step(step: int, out_dir: Path, device: torch.device) -> None:
+    """Every rank resumes from the same step (a plain process trivially does)."""
+    from genalign.training import distributed
+
+    steps = torch.zeros(world_size(), device=device)
+    steps[rank()] = step
+    distributed.sum_([steps])  # an all-gather: each rank fills its own slot
+    found = [int(s) for s in steps.tolist()]
+    if len(set(found)) > 1:
+        raise RuntimeError(f"{out_dir}: the ranks found checkpoints of steps {found} (by rank); every rank must "
+                           "read rank 0's checkpoints, so out_dir must be on a filesystem that all of them share")
 
 
 def _attach_backbone_adapter(model: torch.nn.Module, cfg: TrainHandPoseConfig, phase_index: int) -> None:

@@ -6,7 +6,10 @@
                   the adapter-disabled reference model, saving the peft directory
     base_model    the sha256 identity of a base model directory, and the check that an
                   adapter is loaded on the base it was trained on
-    launch        one process in-process or N under torchrun; rank / world-size helpers
+    launch        one process in-process or N under torchrun; rank / world-size helpers;
+                  how many processes a stage starts (GENALIGN_PROCESSES)
+    distributed   data parallelism of genalign's own trainers: the process group, each
+                  rank's share of a step, gradients summed over the ranks
     seeds         `derive_seed(*parts)`: a seed derived from named parts by a stable hash
     schedules     learning-rate multipliers (linear warmup, cosine decay)
     ema           an exponential moving average of parameters, with decay warm-up

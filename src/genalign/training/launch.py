@@ -67,6 +67,28 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+# Processes a distributed stage starts on this node when it is not already one of
+# torchrun's: the cluster profile's `gpus` of the stage (pipelines/cluster.py sets it on
+# the task), 1 when unset. The one knob: presets have none.
+PROCESSES_ENV = "GENALIGN_PROCESSES"
+
+
+def stage_processes(distributed: bool) -> int:
+    """How many processes a stage should start for its work: 1 when it runs in one
+    process (`distributed` False) or already is one of torchrun's (WORLD_SIZE set: a
+    TrainJob's pods, or a worker started here), else GENALIGN_PROCESSES (default 1)."""
+    if not distributed or "WORLD_SIZE" in os.environ:
+        return 1
+    text = os.environ.get(PROCESSES_ENV, "1")
+    try:
+        processes = int(text)
+    except ValueError:
+        processes = 0
+    if processes < 1:
+        raise ValueError(f"${PROCESSES_ENV}: expected an integer >= 1, got {text!r}")
+    return processes
+
+
 def torchrun_command(module: str, args: Sequence[str], processes: int) -> list[str]:
     """The command that runs `python -m <module> <args>` in `processes` local workers."""
     if processes < 1:

@@ -15,6 +15,7 @@ TRAIN_HAND_POSE = Stage(
     params=("phase",), optional=("previous",),
     help="one training phase of the hand-pose transformer, from the previous phase's weights",
     numerics=True,
+    distributed=True,
 )
 EVALUATE_HAND_POSE = Stage(
     "evaluate-hand-pose", "genalign.stages.hand_pose.evaluate_hand_pose",

@@ -22,6 +22,7 @@ TRAIN_FLOW_DPO = Stage(
     inputs={"model": "model", "pairs": "pairs"}, outputs={"adapter": "adapter"},
     help="flow-matching DPO of a LoRA/DoRA adapter on the pairs",
     numerics=True,
+    distributed=True,
 )
 EVALUATE_PARTS = Stage(
     "evaluate-parts", "genalign.stages.part_dpo.evaluate_parts", "genalign.config.part_dpo:EvaluatePartsConfig",

@@ -39,6 +39,7 @@ TRAIN_PLANNER = Stage(
     inputs={"model": "model", "pairs": "pairs"}, outputs={"adapter": "adapter", "merged": "model"},
     help="trl DPO of a fresh adapter from the base, and the merged planner",
     numerics=True,
+    distributed=True,
 )
 EVALUATE_PLANNER = Stage(
     "evaluate-planner", "genalign.stages.planner_dpo.evaluate_planner",

@@ -35,6 +35,11 @@ class Stage:
     # Its outputs depend on torch's thread count (it trains: genalign.training.numerics),
     # so the thread count is part of what makes them reusable.
     numerics: bool = False
+    # Its trainer runs data-parallel on several processes (genalign.training.distributed):
+    # the cluster profile may give it gpus > 1 (one process per GPU) and nodes > 1 (a
+    # Kubeflow Trainer TrainJob). A stage without it runs in one process and is refused
+    # nodes > 1.
+    distributed: bool = False
 
     @property
     def component(self) -> str:

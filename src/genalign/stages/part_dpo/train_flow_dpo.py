@@ -5,6 +5,11 @@ trains with `genalign.trainers.flow_dpo`, and writes the peft adapter directory 
 `genalign.json`. Checkpoints live in a work directory keyed by the config and inputs
 (under the cache), so a re-run after a crash resumes from the last checkpoint; the
 adapter artifact itself appears only when training completes.
+
+Under torchrun (`torchrun --no-python genalign stage train-flow-dpo ...`) every rank trains
+(data-parallel, see the trainer) in the one work directory, which must therefore be on a
+filesystem all ranks share; rank 0 alone copies it into the adapter and removes it, after
+the trainer has returned on every rank, i.e. after every rank is done reading it.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ def run(cfg: TrainFlowDPOConfig, *, model: Path, pairs: Path, adapter: Path, tra
     from genalign.models.part_generator import KIND
     from genalign.models.refs import artifact_ref, cache_dir, model_dir
     from genalign.trainers.flow_dpo import load_pair_tensors, train_flow_dpo
+    from genalign.training import distributed
+    from genalign.training.launch import is_main_process
     from genalign.training.numerics import numerics_key
 
     # Checkpoints of an interrupted run live under the inputs' fingerprint: a re-run
@@ -56,11 +63,24 @@ def run(cfg: TrainFlowDPOConfig, *, model: Path, pairs: Path, adapter: Path, tra
     tensors = load_pair_tensors(pair_files(pairs), max_parts=MAX_PARTS)
     work = cache_dir() / "train" / fp
     # The model artifact may be a reference (tiny://, mlflow://, s3://, hf://, a path):
-    # trained on what it resolves to, recorded as the reference itself.
+    # trained on what it resolves to, recorded as the reference itself. Under torchrun
+    # rank 0 resolves it (builds or downloads it into the cache) before the others look,
+    # so that no rank reads a cache entry another is replacing; the trainer's process
+    # group is joined here for that barrier.
+    distributed.setup()
+    if is_main_process():
+        model_dir(model)
+    distributed.barrier()
+    # Under torchrun this returns on every rank once rank 0 has written `work` and no rank
+    # reads it any more (the trainer's last barrier), so rank 0 may copy and remove it
+    # without waiting for the others.
     metrics = train_flow_dpo(
         cfg, base_model_dir=model_dir(model) / "dit", pairs=tensors, out_dir=work, tracker=tracker,
         resume=True, base_model_ref=artifact_ref(model),
     )
+    result = StageResult(metrics={f"train/{k}": float(v) for k, v in metrics.items()}, summary=metrics)
+    if not is_main_process():  # run_stage drops the other ranks' outputs
+        return result
     with atomic_dir(adapter) as tmp:
         for path in work.iterdir():
             if path.name != "checkpoints":
@@ -75,4 +95,4 @@ def run(cfg: TrainFlowDPOConfig, *, model: Path, pairs: Path, adapter: Path, tra
             counts={"pairs": len(tensors.part_mask)},
         )
     shutil.rmtree(work, ignore_errors=True)
-    return StageResult(metrics={f"train/{k}": float(v) for k, v in metrics.items()}, summary=metrics)
+    return result

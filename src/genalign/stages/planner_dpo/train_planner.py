@@ -2,8 +2,10 @@
 
 Every iteration trains a new LoRA/DoRA adapter from the base model on the accumulated
 pairs (so the DPO reference is always the base), with trl's DPOTrainer
-(`genalign.trainers.lm_dpo`; `processes` > 1 runs it under torchrun), and folds it into
-a full model: the planner the next iteration rolls out with.
+(`genalign.trainers.lm_dpo`), and folds it into a full model: the planner the next
+iteration rolls out with. Under torchrun (a cluster profile giving the stage several GPUs
+or nodes) every process trains, trl's DDP splits the batches, and only the main process
+writes the adapter and the merged planner; the others return once training is done.
 
     adapter/   adapter_config.json, adapter_model.safetensors, genalign.json, manifest.json
     model/     the merged planner (config, safetensors, processor), manifest.json
@@ -30,8 +32,9 @@ from genalign.tracking import Tracker
 
 def run(cfg: TrainPlannerConfig, *, model: Path, pairs: Path, adapter: Path, merged: Path,
         tracker: Tracker) -> StageResult:
-    from genalign.data.planner_pairs import planner_pairs, weight_weak_pairs, write_trl_jsonl
-    from genalign.trainers.lm_dpo import launch_lm_dpo, merge_adapter
+    from genalign.data.planner_pairs import planner_pairs, read_trl_jsonl, weight_weak_pairs, write_trl_jsonl
+    from genalign.trainers.lm_dpo import merge_adapter, train_lm_dpo
+    from genalign.training.launch import is_main_process
 
     pairs_manifest = read_manifest(pairs, PAIRS)
     rows = read_jsonl(pairs / "pairs.jsonl", Pair)
@@ -45,11 +48,13 @@ def run(cfg: TrainPlannerConfig, *, model: Path, pairs: Path, adapter: Path, mer
         if not kept:  # every round so far tied: nothing to learn from yet
             metrics = _untrained(cfg, base, work, artifact_ref(model))
         else:
-            metrics = launch_lm_dpo(
-                dataclasses.replace(cfg.dpo, weak_pair_weight=1.0), base_model_dir=base, pairs_file=trl_file,
-                image_root=pairs, out_dir=work, processes=cfg.processes,
-                tracker=tracker if cfg.processes == 1 else None, base_model_ref=artifact_ref(model),
+            metrics = train_lm_dpo(
+                dataclasses.replace(cfg.dpo, weak_pair_weight=1.0), base_model_dir=base,
+                pairs_rows=read_trl_jsonl(trl_file), image_root=pairs, out_dir=work, tracker=tracker,
+                base_model_ref=artifact_ref(model),
             )
+        if not is_main_process():  # the main process writes the outputs
+            return StageResult(metrics=metrics, summary={"pairs": len(kept), "iterations": iterations})
         metrics = {**metrics, "weak_pairs": float(weak["weak_kept"]), "weak_pairs_dropped": float(weak["weak_dropped"])}
         write_model_card(work, dataclasses.replace(
             read_model_card(work), arch="qwen-vl", metrics=metrics, config=cfg.to_dict(), iteration=max(iterations),
