@@ -44,8 +44,11 @@ def test_a_launcher_is_not_named_as_its_stage(stage_component, launcher):
     assert launcher.component_spec.name not in STAGES
 
 
-def test_the_sweep_takes_the_run_id():
-    assert set(trainjob.sweep_trainjobs.component_spec.inputs) == {"run_id", "namespace"}
+def test_the_sweeping_exit_handler_takes_what_close_tracking_takes_and_the_run_id():
+    from components.shared import close_tracking
+
+    inputs = set(trainjob.close_tracking_and_sweep.component_spec.inputs)
+    assert inputs == set(close_tracking.component_spec.inputs) | {"run_id", "namespace"}
 
 
 def test_settings_compiled_from_the_profile_have_no_nulls():
