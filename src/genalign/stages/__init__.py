@@ -134,7 +134,7 @@ def run_stage(
     cfg = stage.config_class().from_dict(config, where=f"{name} config")
     params, tags = dict(params or {}), dict(tags or {})
     inputs = {k: v for k, v in inputs.items() if v is not None}
-    _check_names(stage, inputs, outputs, params)
+    stage.check_names(inputs, outputs, params)
     rank = _rank()
 
     with contextlib.ExitStack() as stack:
@@ -268,17 +268,6 @@ def _pinned(config: Any) -> Any:
 
         return pin(config)
     return config
-
-
-def _check_names(stage: Stage, inputs: dict[str, Any], outputs: dict[str, Any], params: dict[str, Any]) -> None:
-    for group, names, given, optional in (
-        ("input", tuple(stage.inputs), inputs, stage.optional),
-        ("output", tuple(stage.outputs), outputs, ()),
-        ("parameter", stage.params, params, ()),
-    ):
-        if not set(names) - set(optional) <= set(given) <= set(names):
-            raise ConfigError(f"stage {stage.name}: {group}s {sorted(given)} given, expected {sorted(names)}"
-                              + (f" (optional: {sorted(optional)})" if optional else ""))
 
 
 def stage_help(name: str) -> str:

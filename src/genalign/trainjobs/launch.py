@@ -486,17 +486,6 @@ def _create_or_adopt(cluster: _Cluster, manifest: dict[str, Any], run_id: str, t
 # --------------------------------------------------------------------------- inputs, outputs
 
 
-def _check_names(stage: Stage, inputs: dict[str, Any], outputs: dict[str, Any], params: dict[str, Any]) -> None:
-    for group, names, given, optional in (
-        ("input", tuple(stage.inputs), inputs, stage.optional),
-        ("output", tuple(stage.outputs), outputs, ()),
-        ("parameter", stage.params, params, ()),
-    ):
-        if not set(names) - set(optional) <= set(given) <= set(names):
-            raise ConfigError(f"stage {stage.name}: {group}s {sorted(given)} given, expected {sorted(names)}"
-                              + (f" (optional: {sorted(optional)})" if optional else ""))
-
-
 def _uri(value: Any) -> str:
     """The location of a path, a URI or a KFP artifact (its object-store URI)."""
     return str(value) if isinstance(value, (str, Path)) else value.uri
@@ -627,7 +616,7 @@ def launch_trainjob(
     decl.config_class().from_dict(config, where=f"{stage} config")
     params = dict(params or {})
     inputs = {k: v for k, v in inputs.items() if v is not None}
-    _check_names(decl, inputs, outputs, params)
+    decl.check_names(inputs, outputs, params)
     check_label_value("run id", run_id)
     remote_in: dict[str, str | list[str]] = {}
     for key, value in inputs.items():

@@ -11,6 +11,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from fake_kubernetes import strict
 
 from genalign.config.base import ConfigError
 from genalign.trainjobs import (
@@ -36,20 +37,6 @@ GPU = {
 CPU = {"image": "ghcr.io/genalign/genalign-cpu:0.1.0", "namespace": "genalign", "nodes": 3, "cpu": "4",
        "memory": "8Gi", "node_selector": {"nvidia.com/gpu.present": "true"}}
 CONFIG = {"beta": 1e-05, "steps": 3, "lora": {"rank": 4, "targets": ["to_q", "to_v"]}}
-
-
-def strict(schema):
-    """The schema with unknown properties refused, as `kubectl --validate=strict`."""
-    if isinstance(schema, dict):
-        # `properties` maps names to schemas: its keys are field names, not keywords
-        out = {k: ({name: strict(v) for name, v in value.items()} if k == "properties" else strict(value))
-               for k, value in schema.items()}
-        if "properties" in schema:
-            out.setdefault("additionalProperties", False)
-        return out
-    if isinstance(schema, list):
-        return [strict(v) for v in schema]
-    return schema
 
 
 @pytest.fixture(scope="module")

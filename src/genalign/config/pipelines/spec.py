@@ -45,6 +45,19 @@ class Stage:
     def component(self) -> str:
         return self.name.replace("-", "_")
 
+    def check_names(self, inputs: dict[str, Any], outputs: dict[str, Any], params: dict[str, Any]) -> None:
+        """Raise ConfigError unless `inputs`, `outputs` and `params` name what `run()` takes."""
+        from genalign.config.base import ConfigError
+
+        for group, names, given, optional in (
+            ("input", tuple(self.inputs), inputs, self.optional),
+            ("output", tuple(self.outputs), outputs, ()),
+            ("parameter", self.params, params, ()),
+        ):
+            if not set(names) - set(optional) <= set(given) <= set(names):
+                raise ConfigError(f"stage {self.name}: {group}s {sorted(given)} given, expected {sorted(names)}"
+                                  + (f" (optional: {sorted(optional)})" if optional else ""))
+
     def config_class(self) -> type[Config]:
         module, _, cls = self.config.partition(":")
         return getattr(importlib.import_module(module), cls)
