@@ -162,6 +162,7 @@ def run_stage(
             else:
                 local_out[key] = Path(where)
                 artifacts.remove_stale_temporaries(local_out[key])
+            local_out[key].parent.mkdir(parents=True, exist_ok=True)  # a stage may stage its work beside it
 
         tracker = NullTracker()
         if tracking and rank == 0:
