@@ -166,7 +166,7 @@ class TrainHandPoseConfig(Config):
 
     model: HandPoseModelConfig = field(default_factory=HandPoseModelConfig, help="The model.")
     phases: list[PhaseConfig] = field(default_factory=_default_phases, help="The training phases, in order.")
-    batch_size: int = field(32, help="Crops per optimizer step (per process).")
+    batch_size: int = field(32, help="Crops per forward pass, all processes together (split across them).")
     grad_accum: int = field(1, help="Micro-batches accumulated per optimizer step.")
     # Cosine annealing with warm restarts (Loshchilov & Hutter 2017, SGDR): the first cycle
     # lasts restart_epochs, each next one restart_mult times longer.
