@@ -162,7 +162,8 @@ def run_stage(
             else:
                 local_out[key] = Path(where)
                 artifacts.remove_stale_temporaries(local_out[key])
-            local_out[key].parent.mkdir(parents=True, exist_ok=True)  # a stage may stage its work beside it
+            if local_out[key].is_relative_to(scratch):  # a stage may stage its work beside its output
+                local_out[key].parent.mkdir(parents=True, exist_ok=True)
 
         tracker = NullTracker()
         if tracking and rank == 0:

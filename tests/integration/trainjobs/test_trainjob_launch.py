@@ -113,9 +113,19 @@ def test_success_materialises_the_sealed_outputs_and_returns_the_metrics(kube, c
     assert (tmp_path / "kfp" / "trainjob").read_text() == NAME + "\n"
     # node 0's lines, each once and in order
     out = capsys.readouterr().out.splitlines()
-    assert [line for line in out if line.startswith("step")] == LINES
+    assert [line for line in out if line.startswith("step")] == LINES, out
     assert kube.jobs == {} and kube.deleted == [(NAME, "Foreground")]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_lines_written_just_before_completion_are_printed(kube, cache, tmp_path, capsys):
+    # one poll sees step 1; steps 2 and 3 and the completion come before the next
+    kube.script = Script(["Created", "Running", "Complete"], lines=LINES)
+
+    launch(kube, cache, tmp_path)
+
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.startswith("step")] == LINES, out
 
 
 def test_success_tags_the_pipeline_run_and_the_stage_run(kube, cache, tmp_path):
