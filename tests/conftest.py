@@ -9,6 +9,7 @@ and each test's tier from its folder.
     tests/gpu          real CUDA work; skipped without a CUDA device
 """
 
+import builtins
 import os
 from pathlib import Path
 
@@ -37,6 +38,16 @@ def _isolated_home(tmp_path_factory):
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+_PRINT = builtins.print
+
+
+@pytest.fixture(autouse=True)
+def _plain_print():
+    """Each test starts with the built-in print: a kfp.local run can leave it wrapped by
+    kfp.local.logging_utils.indented_print, which indents every later line by four spaces."""
+    builtins.print = _PRINT
 
 
 TIERS = {"integration": "integration", "e2e": "e2e", "gpu": "gpu"}

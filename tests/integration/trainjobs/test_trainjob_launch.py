@@ -112,8 +112,7 @@ def test_success_materialises_the_sealed_outputs_and_returns_the_metrics(kube, c
     assert json.loads((local / "manifest.json").read_text())["result"] == RESULT
     assert (tmp_path / "kfp" / "trainjob").read_text() == NAME + "\n"
     # node 0's lines, each once and in order
-    # stripped: a kfp.local run earlier in the session can leave print indenting (kfp.local.logging_utils)
-    out = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    out = capsys.readouterr().out.splitlines()
     assert [line for line in out if line.startswith("step")] == LINES, out
     assert kube.jobs == {} and kube.deleted == [(NAME, "Foreground")]
     assert signal.getsignal(signal.SIGTERM) is before
@@ -125,8 +124,7 @@ def test_lines_written_just_before_completion_are_printed(kube, cache, tmp_path,
 
     launch(kube, cache, tmp_path)
 
-    # stripped: a kfp.local run earlier in the session can leave print indenting (kfp.local.logging_utils)
-    out = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    out = capsys.readouterr().out.splitlines()
     assert [line for line in out if line.startswith("step")] == LINES, out
 
 
