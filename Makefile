@@ -47,6 +47,7 @@ bench: install ## every benchmark; each prints its table and writes benchmarks/r
 	$(PY) benchmarks/rollout_scaling.py
 	$(PY) benchmarks/hand_pose_throughput.py
 	$(PY) benchmarks/voxel_map_io.py
+	$(PY) benchmarks/voxel_render.py
 
 clean:
 	rm -rf .genalign
