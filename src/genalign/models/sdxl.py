@@ -128,7 +128,13 @@ def build_tiny_tokenizers():
     return tokenizer, tokenizer_2
 
 
-def build_tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
+def build_tiny_sdxl(
+    seed: int = 0,
+    *,
+    image_size: int = TINY_IMAGE_SIZE,
+    vae_channels: tuple[int, ...] = TINY_VAE_CHANNELS,
+    unet_channels: tuple[int, ...] = TINY_UNET_CHANNELS,
+) -> StableDiffusionXLPipeline:
     """A random-init `StableDiffusionXLPipeline` of the real classes, from configs in code.
 
     The components follow diffusers' own SDXL fast tests (`get_dummy_components` in
@@ -140,7 +146,18 @@ def build_tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
     with SDXL's scaling factor 0.13025, so 16 x 16 images have 4 x 8 x 8 latents; SDXL's
     `EulerDiscreteScheduler` config. Deterministic: each component is initialised from
     `seed` on a private RNG stream (the caller's global RNG state is left as it was).
+
+    image_size, vae_channels, unet_channels: larger tiny models of the same design (a
+    VAE of n blocks downsamples by 2^(n - 1); the U-Net's second block cross-attends;
+    the attention head dimensions are the channels / 16).
     """
+    if len(unet_channels) != 2:
+        raise ValueError(f"build_tiny_sdxl: unet_channels must be two widths, got {unet_channels}")
+    factor = 2 ** (len(vae_channels) - 1)
+    if image_size % factor:
+        raise ValueError(f"build_tiny_sdxl: image_size {image_size} must be a multiple of the VAE's factor {factor}")
+    head_dims = TINY_UNET_HEAD_DIMS if tuple(unet_channels) == TINY_UNET_CHANNELS else tuple(
+        c // 16 for c in unet_channels)
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
@@ -175,14 +192,14 @@ def build_tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
         )
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            sample_size=TINY_IMAGE_SIZE // 2,
+            sample_size=image_size // factor,
             in_channels=4,
             out_channels=4,
             layers_per_block=1,
-            block_out_channels=TINY_UNET_CHANNELS,
+            block_out_channels=tuple(unet_channels),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=TINY_UNET_HEAD_DIMS,
+            attention_head_dim=head_dims,
             transformer_layers_per_block=(1, 2),
             use_linear_projection=True,
             norm_num_groups=TINY_NORM_GROUPS,
@@ -197,12 +214,12 @@ def build_tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * len(TINY_VAE_CHANNELS),
-            up_block_types=("UpDecoderBlock2D",) * len(TINY_VAE_CHANNELS),
-            block_out_channels=TINY_VAE_CHANNELS,
+            down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+            up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+            block_out_channels=tuple(vae_channels),
             latent_channels=4,
             norm_num_groups=TINY_NORM_GROUPS,
-            sample_size=TINY_IMAGE_SIZE,
+            sample_size=image_size,
             scaling_factor=SDXL_VAE_SCALING_FACTOR,
             force_upcast=True,
         )
