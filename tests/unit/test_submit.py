@@ -264,7 +264,7 @@ def test_dry_run_prints_the_plan_and_sends_nothing(monkeypatch, capsys):
 ])
 def test_an_unknown_pipeline_lists_the_valid_ones(capsys, command):
     assert main(command) == 2
-    assert "unknown pipeline 'part-dop'; valid pipelines: ['hand-pose', 'part-dpo', 'planner-dpo']" in capsys.readouterr().err
+    assert "unknown pipeline 'part-dop'; valid pipelines: ['hand-pose', 'part-dpo', 'planner-dpo', 'voxel-sds']" in capsys.readouterr().err
 
 
 def test_a_host_without_a_scheme_is_refused_before_anything_else(capsys):

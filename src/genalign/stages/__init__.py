@@ -168,7 +168,7 @@ def run_stage(
         tracker = NullTracker()
         if tracking and rank == 0:
             suffix = [tags[ITERATION_TAG]] if ITERATION_TAG in tags else []
-            suffix += [str(params[k]) for k in ("iteration", "phase", "shard", "subshard") if k in params]
+            suffix += [str(params[k]) for k in ("iteration", "phase", "shard", "subshard", "variant") if k in params]
             suffix += [tags[SHARD_TAG]] if SHARD_TAG in tags else []
             tracker = MlflowTracker.for_stage(
                 experiment=tracking["experiment"],

@@ -9,7 +9,7 @@ validation, resume, `make pipelines` and the contract tests all read `PIPELINES`
 from __future__ import annotations
 
 from genalign.config.base import ConfigError
-from genalign.config.pipelines import hand_pose, part_dpo, planner_dpo
+from genalign.config.pipelines import hand_pose, part_dpo, planner_dpo, voxel_sds
 from genalign.config.pipelines.spec import Pipeline, Resume, Scalar, Stage
 
 PIPELINES: dict[str, Pipeline] = {
@@ -18,6 +18,7 @@ PIPELINES: dict[str, Pipeline] = {
         part_dpo.PIPELINE,
         planner_dpo.PIPELINE,
         hand_pose.PIPELINE,
+        voxel_sds.PIPELINE,
     )
 }
 

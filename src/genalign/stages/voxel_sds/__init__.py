@@ -1,0 +1,1 @@
+"""Stages of voxel_sds."""
