@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo demo-planner demo-hand-pose test test-unit pipelines bench k8s clean
+.PHONY: install demo demo-planner demo-hand-pose demo-voxel-sds test test-unit pipelines bench k8s clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ demo-planner: install ## the planner-dpo pipeline (iterative DPO of a VLM planne
 
 demo-hand-pose: install ## the hand-pose pipeline (staged training of a hand-pose transformer), tiny preset
 	$(VENV)/bin/genalign run hand-pose --preset tiny
+
+demo-voxel-sds: install ## the voxel-sds pipeline (score distillation of a voxel world), tiny preset
+	$(VENV)/bin/genalign run voxel-sds --preset tiny
 
 test: install services ## every tier: unit, contracts, integration, e2e (PostgreSQL, moto S3 and MLflow on loopback), gpu (skipped without CUDA)
 	$(PY) -m pytest -q

@@ -32,7 +32,8 @@ def prior_dir(tmp_path_factory) -> Path:
 
 
 def _cfg(**over) -> OptimiseVoxelsConfig:
-    base = {"steps": 6, "resolutions": [4, 8], "views_per_step": 1, "checkpoint_every": 2, "log_every": 1,
+    base = {"steps": 6, "resolutions": [4, 8], "views_per_step": 1, "noise_samples": 2, "checkpoint_every": 2,
+            "log_every": 1,
             "image_every": 100, "guidance_scale": 10.0}
     return OptimiseVoxelsConfig.from_dict({**base, **over})
 
@@ -44,6 +45,7 @@ def test_the_tiny_prior_reloads_with_its_measured_scaling_factor(prior_dir):
     assert vae_scaling_factor(pipe.vae) == pytest.approx(info["metrics"]["scaling_factor"])
     assert vae_scaling_factor(pipe.vae) != 0.13025  # measured on its own latents, not SDXL's
     assert pipe.unet.config.addition_embed_type == "text_time"
+    assert 0.0 <= info["metrics"]["heldout_class_accuracy"] <= 1.0
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(prior_dir, tmp_path):

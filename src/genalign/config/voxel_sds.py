@@ -137,6 +137,7 @@ class OptimiseVoxelsConfig(Config):
     resolutions: list[int] = field(default_factory=lambda: [16, 32],
                                    help="Coarse to fine: the grid's x size at each level; the last is dims' x.")
     views_per_step: int = field(2, help="Training views rendered each step.")
+    noise_samples: int = field(1, help="(t, noise) draws per view and step, their SDS gradients averaged.")
     renderer: Literal["torch", "nvdiffrast"] = field("torch", help="torch (CPU or GPU) or nvdiffrast (CUDA).")
     render_step: float = field(0.5, help="torch renderer: sample spacing along a ray, voxel units.")
     guidance_scale: float = field(50.0, help="Classifier-free guidance, diffusers' convention (1 = none).")
@@ -166,7 +167,7 @@ class OptimiseVoxelsConfig(Config):
                 raise ValueError(f"{name}: expected a non-empty prompt")
         if self.prompt == self.control_prompt:
             raise ValueError("control_prompt: must differ from prompt")
-        for name in ("steps", "views_per_step", "checkpoint_every", "log_every", "image_every"):
+        for name in ("steps", "views_per_step", "noise_samples", "checkpoint_every", "log_every", "image_every"):
             check_range(name, getattr(self, name), ge=1)
         if not self.resolutions or any(b <= a for a, b in zip(self.resolutions, self.resolutions[1:])):
             raise ValueError(f"resolutions: expected increasing grid sizes, got {self.resolutions}")

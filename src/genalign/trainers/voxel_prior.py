@@ -49,6 +49,9 @@ from genalign.training.seeds import derive_seed
 PRIOR_FILE = "prior.json"
 KL_WEIGHT = 1e-6
 LOG_EVERY = 25
+# class_accuracy: fresh structures per class, (t, noise) draws per structure
+HELDOUT_STRUCTURES = 4
+HELDOUT_REPEATS = 4
 
 
 def class_prompts() -> dict[str, str]:
@@ -103,7 +106,8 @@ def train_tiny_prior(
     """Train the tiny prior (module doc) and save it as a diffusers SDXL directory at
     `out` (safetensors) with `prior.json` (class prompts, image size, data counts).
     Returns its metrics: the last autoencoder L1, the mean denoising loss of the last
-    quarter of U-Net steps, the measured scaling factor, images and seconds."""
+    quarter of U-Net steps, `class_accuracy` on fresh structures, the measured scaling
+    factor, images and seconds."""
     if cameras.height != cameras.width:
         raise ValueError(f"tiny prior: square images expected, the cameras are {cameras.width}x{cameras.height}")
     factor = 2 ** (len(cfg.vae_channels) - 1)
@@ -180,6 +184,8 @@ def train_tiny_prior(
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
     metrics = {
+        "heldout_class_accuracy": class_accuracy(pipe, dims=dims, world_scale=world_scale, cameras=cameras,
+                                                 seed=cfg.seed),
         "vae_l1": float(np.mean(recent)),
         "denoise_loss": float(np.mean(losses[-max(1, len(losses) // 4):])),
         "scaling_factor": scaling,
@@ -190,6 +196,44 @@ def train_tiny_prior(
                                          "dims": list(dims), "world_scale": world_scale,
                                          "metrics": {k: v for k, v in metrics.items() if k != "seconds"}})
     return metrics
+
+
+@torch.no_grad()
+def class_accuracy(pipe: Any, *, dims: tuple[int, int, int], world_scale: float, cameras: Cameras, seed: int,
+                   structures: int = HELDOUT_STRUCTURES, repeats: int = HELDOUT_REPEATS) -> float:
+    """Share of fresh structures (seeds the training never drew, `structures` a class,
+    two views each) whose class prompt gives the prior its lowest denoising loss, over
+    `repeats` (t, noise) draws shared by all prompts: what the prior knows of the classes."""
+    renderer = TorchVoxelRenderer()
+    palette = torch.from_numpy(palette_colors())
+    prompts = list(class_prompts().values())
+    emb = sdxl.encode_prompt(pipe, prompts)
+    rng = np.random.default_rng(derive_seed("voxel-prior-heldout-views", seed))
+    size = (cameras.height, cameras.width)
+    correct = total = 0
+    for label, name in enumerate(PROMPT_CLASSES):
+        for s in range(structures):
+            m = make_structure(name, dims, seed=derive_seed("voxel-prior-heldout", seed, name, s) % (2**31))
+            occupancy, materials = one_hot_world(m.blocks)
+            views = rng.choice(len(cameras), size=min(2, len(cameras)), replace=False).tolist()
+            rgb = renderer(occupancy, face_colors(materials, palette), cameras.select(views),
+                           world_scale=world_scale).rgb
+            z = sdxl.encode_images(pipe.vae, rgb * 2.0 - 1.0, posterior="mode")
+            v = z.shape[0]
+            time_ids = sdxl.add_time_ids(size, (0, 0), size, batch=v, dtype=torch.float32)
+            gen = torch.Generator().manual_seed(derive_seed("voxel-prior-heldout-noise", seed, name, s) % (2**63))
+            losses = torch.zeros(len(prompts))
+            for _ in range(repeats):
+                t = torch.randint(100, 900, (v,), generator=gen)
+                eps = torch.randn(z.shape, generator=gen)
+                z_t = sdxl.add_noise(pipe.scheduler, z, eps, t)
+                for k in range(len(prompts)):
+                    e = sdxl.PromptEmbeddings(emb.prompt_embeds[k:k + 1].expand(v, -1, -1),
+                                              emb.pooled[k:k + 1].expand(v, -1))
+                    losses[k] += (sdxl.predict_noise(pipe.unet, pipe.scheduler, z_t, t, e, time_ids) - eps).square().mean()
+            correct += int(losses.argmin()) == label
+            total += 1
+    return correct / total
 
 
 def read_prior_info(directory: Path) -> dict[str, Any]:

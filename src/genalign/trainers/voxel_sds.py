@@ -16,7 +16,9 @@ gradient and can appear). A step:
 2. render `views_per_step` training views (drawn without replacement) with the chosen
    renderer (`genalign.render.voxels`), images in [-1, 1];
 3. latents z = VAE encoder (posterior mode, float32) times the VAE config's scaling
-   factor; t in the annealed window of `genalign.losses.sds.timestep_bounds`, eps, z_t;
+   factor; for each view `noise_samples` draws of t (in the annealed window of
+   `genalign.losses.sds.timestep_bounds`) and eps, whose SDS gradients are averaged (a
+   lower-variance estimate of the same expectation, for one render's cost);
 4. the U-Net under `no_grad` on the conditional and unconditional embeddings (SDXL:
    both text encoders, the pooled embedding and `add_time_ids` of the render size),
    guided with `classifier_free_guidance`; `sds_loss` gives z the gradient
@@ -202,12 +204,13 @@ def optimise_world(
     with torch.no_grad():
         emb = sdxl.encode_prompt(pipe, [prompt, ""])
     v = cfg.views_per_step
+    b = v * cfg.noise_samples  # latents per step: each view with noise_samples (t, eps) draws
     cond = sdxl.PromptEmbeddings(
-        torch.cat([emb.prompt_embeds[:1].expand(v, -1, -1), emb.prompt_embeds[1:].expand(v, -1, -1)]),
-        torch.cat([emb.pooled[:1].expand(v, -1), emb.pooled[1:].expand(v, -1)]),
+        torch.cat([emb.prompt_embeds[:1].expand(b, -1, -1), emb.prompt_embeds[1:].expand(b, -1, -1)]),
+        torch.cat([emb.pooled[:1].expand(b, -1), emb.pooled[1:].expand(b, -1)]),
     )
     size = (cameras.height, cameras.width)
-    time_ids = sdxl.add_time_ids(size, (0, 0), size, batch=2 * v, dtype=torch.float32).to(dev)
+    time_ids = sdxl.add_time_ids(size, (0, 0), size, batch=2 * b, dtype=torch.float32).to(dev)
     n_train = sched.config.num_train_timesteps
     alphas = sched.alphas_cumprod.to(dev)
     levels = len(cfg.resolutions)
@@ -272,10 +275,10 @@ def optimise_world(
         q = torch.softmax(mat / tau, dim=-1)
         views = torch.randperm(len(cameras), generator=gen)[:v]
         rgb = renderer(p, face_colors(q, palette), cameras.select(views), world_scale=ws).rgb
-        z = sdxl.encode_images(vae, rgb * 2.0 - 1.0, posterior="mode")
+        z = sdxl.encode_images(vae, rgb * 2.0 - 1.0, posterior="mode").repeat_interleave(cfg.noise_samples, 0)
         t_min, t_max = timestep_bounds(step, cfg.steps, max_start=cfg.t_max_start, max_end=cfg.t_max_end,
                                        min_t=cfg.t_min)
-        t = sample_timesteps(gen, v, n_train, t_min, t_max).to(dev)
+        t = sample_timesteps(gen, b, n_train, t_min, t_max).to(dev)
         eps = torch.randn(z.shape, generator=gen).to(dev)
         with torch.no_grad():
             z_t = sdxl.add_noise(sched, z.detach(), eps, t)

@@ -22,7 +22,7 @@ within `max_floating_share`.
 
     report/
       report.json  report.md  report.html  table.txt
-      gallery.png           held-out views: start | prompted | control
+      gallery.png           held-out views, one column each; rows: start, prompted, control
       trajectory.png        class scores of both runs over the optimisation steps
 """
 
@@ -152,7 +152,8 @@ def run(cfg: EvaluateVoxelsConfig, *, world: Path, prior: Path, map: Path, contr
             "floating_share": floating_share(m),
             "within_bounds": float(m.blocks.shape == maps["start"].dims),
             "class_scores": scores,
-            "top_class": max(scores, key=scores.get),
+            # a world without a block above the ground shows no class (all scores equal)
+            "top_class": max(scores, key=scores.get) if len(set(scores.values())) > 1 else "none",
             "prompted_class_score": scores[cls] if cls else float("nan"),
             "histogram_distance": histogram_distance(m, cls) if cls else float("nan"),
             "denoise_loss": losses[prompt],
@@ -174,11 +175,11 @@ def run(cfg: EvaluateVoxelsConfig, *, world: Path, prior: Path, map: Path, contr
     decision = gate(specs, {k: rows["start"][k] for k in keys}, {k: p[k] for k in keys})
 
     with atomic_dir(report) as tmp:
-        images_to_png(torch.cat([renders[w] for w in WORLDS], dim=3), tmp / "gallery.png")
+        images_to_png(torch.cat([renders[w] for w in WORLDS], dim=2), tmp / "gallery.png")
         trajectories = {w: json.loads(((map if w == "prompted" else control) / "trajectory.json").read_text())
                         for w in ("prompted", "control")}
         _trajectory_plot(tmp, trajectories, classes)
-        images = {"held-out views: start | prompted | control": "gallery.png",
+        images = {"held-out views (rows: start, prompted, control)": "gallery.png",
                   "class scores during optimisation": "trajectory.png"}
         header = ["world", "prompt", "top class", f"score {cls}", "hist dist", "denoise", "blocks", "floating"]
         cells = [[w, maps[w].metadata.get("prompt", "-") if w != "start" else "-", rows[w]["top_class"],
