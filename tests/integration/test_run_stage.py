@@ -70,28 +70,21 @@ def test_only_rank_0_writes_outputs(samples, tmp_path, monkeypatch):
     assert result.metrics["score/samples"] > 0 and not (tmp_path / "scored").exists()
 
 
-def test_inputs_and_outputs_on_s3(samples, tmp_path, monkeypatch):
-    boto3 = pytest.importorskip("boto3")
-    moto = pytest.importorskip("moto")
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with moto.mock_aws():
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="runs")
-        for path in samples.rglob("*"):
-            if path.is_file():
-                s3.upload_file(str(path), "runs", f"r1/samples/{path.relative_to(samples).as_posix()}")
-        local = run_stage("score-samples", SCORE, inputs={"samples": samples}, outputs={"scored": tmp_path / "scored"})
-        remote = run_stage("score-samples", SCORE, inputs={"samples": "s3://runs/r1/samples"},
-                           outputs={"scored": "s3://runs/r1/scored"})
-        assert remote.metrics == local.metrics
-        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="runs", Prefix="r1/scored/")["Contents"]}
-        assert {"r1/scored/manifest.json", "r1/scored/scored.jsonl"} <= keys
-        with pytest.raises(Exception, match="no such artifact"):
-            run_stage("score-samples", SCORE, inputs={"samples": "s3://runs/r1/nothing"},
-                      outputs={"scored": tmp_path / "x"})
+def test_inputs_and_outputs_on_s3(samples, tmp_path, moto_s3):
+    s3 = moto_s3
+    s3.create_bucket(Bucket="runs")
+    for path in samples.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), "runs", f"r1/samples/{path.relative_to(samples).as_posix()}")
+    local = run_stage("score-samples", SCORE, inputs={"samples": samples}, outputs={"scored": tmp_path / "scored"})
+    remote = run_stage("score-samples", SCORE, inputs={"samples": "s3://runs/r1/samples"},
+                       outputs={"scored": "s3://runs/r1/scored"})
+    assert remote.metrics == local.metrics
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="runs", Prefix="r1/scored/")["Contents"]}
+    assert {"r1/scored/manifest.json", "r1/scored/scored.jsonl"} <= keys
+    with pytest.raises(Exception, match="no such artifact"):
+        run_stage("score-samples", SCORE, inputs={"samples": "s3://runs/r1/nothing"},
+                  outputs={"scored": tmp_path / "x"})
 
 
 def test_a_failure_is_recorded_on_the_stage_run(samples, tmp_path, monkeypatch):

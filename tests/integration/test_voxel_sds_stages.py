@@ -177,18 +177,10 @@ def test_init_map_needs_a_source_and_only_it_takes_one(tmp_path):
 
 
 @pytest.fixture
-def s3(monkeypatch):
+def s3(moto_s3):
     """An in-process S3 (moto) with the bucket "worlds"."""
-    boto3 = pytest.importorskip("boto3")
-    moto = pytest.importorskip("moto")
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    with moto.mock_aws():
-        client = boto3.client("s3")
-        client.create_bucket(Bucket="worlds")
-        yield client
+    moto_s3.create_bucket(Bucket="worlds")
+    return moto_s3
 
 
 def test_a_source_and_cameras_on_s3(tmp_path, s3):
