@@ -34,7 +34,7 @@ VARIANTS = ("prompt", "control")
 
 def run(cfg: OptimiseVoxelsConfig, *, world: Path, prior: Path, map: Path, variant: int,
         tracker: Tracker) -> StageResult:
-    from genalign.data.voxel_map import VoxelMap, write_map
+    from genalign.data.voxel_map import VoxelMap, read_map, write_map
     from genalign.models.refs import cache_dir
     from genalign.render.cameras import read_cameras
     from genalign.trainers.voxel_sds import (
@@ -50,8 +50,6 @@ def run(cfg: OptimiseVoxelsConfig, *, world: Path, prior: Path, map: Path, varia
         raise ValueError(f"variant {variant}: expected 0 (prompt) or 1 (control_prompt)")
     read_manifest(world, DATASET)
     read_manifest(prior, MODEL)
-    from genalign.data.voxel_map import read_map
-
     start = read_map(world / "map.json")
     if cfg.resolutions[-1] != start.dims[0]:
         raise ValueError(f"resolutions: the last level {cfg.resolutions[-1]} must be the world's x size "
