@@ -199,17 +199,39 @@ def train_tiny_prior(
 
 
 @torch.no_grad()
+def denoise_losses(pipe: Any, images: Tensor, prompts: list[str], *, repeats: int, t_low: int, t_high: int,
+                   generator: torch.Generator) -> list[float]:
+    """Mean ||eps_hat - eps||^2 of the prior on `images` [V, 3, H, W] in [0, 1] under each
+    of `prompts`, over `repeats` draws of t (uniform integers in [t_low, t_high)) and eps
+    from `generator`, the same draws for every prompt."""
+    dev = pipe.unet.device
+    size = tuple(images.shape[-2:])
+    z = sdxl.encode_images(pipe.vae, images.to(dev) * 2.0 - 1.0, posterior="mode")
+    emb = sdxl.encode_prompt(pipe, prompts)
+    v = z.shape[0]
+    time_ids = sdxl.add_time_ids(size, (0, 0), size, batch=v, dtype=torch.float32).to(dev)
+    totals = [0.0] * len(prompts)
+    for _ in range(repeats):
+        t = torch.randint(t_low, t_high, (v,), generator=generator).to(dev)
+        eps = torch.randn(z.shape, generator=generator).to(dev)
+        z_t = sdxl.add_noise(pipe.scheduler, z, eps, t)
+        for k in range(len(prompts)):
+            e = sdxl.PromptEmbeddings(emb.prompt_embeds[k:k + 1].expand(v, -1, -1), emb.pooled[k:k + 1].expand(v, -1))
+            totals[k] += float((sdxl.predict_noise(pipe.unet, pipe.scheduler, z_t, t, e, time_ids) - eps).square().mean())
+    return [x / repeats for x in totals]
+
+
+@torch.no_grad()
 def class_accuracy(pipe: Any, *, dims: tuple[int, int, int], world_scale: float, cameras: Cameras, seed: int,
                    structures: int = HELDOUT_STRUCTURES, repeats: int = HELDOUT_REPEATS) -> float:
     """Share of fresh structures (seeds the training never drew, `structures` a class,
-    two views each) whose class prompt gives the prior its lowest denoising loss, over
-    `repeats` (t, noise) draws shared by all prompts: what the prior knows of the classes."""
+    two views each) whose class prompt gives the prior its lowest denoising loss
+    (`denoise_losses` over `repeats` draws of t in [100, 900)): what the prior knows of
+    the classes."""
     renderer = TorchVoxelRenderer()
     palette = torch.from_numpy(palette_colors())
     prompts = list(class_prompts().values())
-    emb = sdxl.encode_prompt(pipe, prompts)
     rng = np.random.default_rng(derive_seed("voxel-prior-heldout-views", seed))
-    size = (cameras.height, cameras.width)
     correct = total = 0
     for label, name in enumerate(PROMPT_CLASSES):
         for s in range(structures):
@@ -218,20 +240,9 @@ def class_accuracy(pipe: Any, *, dims: tuple[int, int, int], world_scale: float,
             views = rng.choice(len(cameras), size=min(2, len(cameras)), replace=False).tolist()
             rgb = renderer(occupancy, face_colors(materials, palette), cameras.select(views),
                            world_scale=world_scale).rgb
-            z = sdxl.encode_images(pipe.vae, rgb * 2.0 - 1.0, posterior="mode")
-            v = z.shape[0]
-            time_ids = sdxl.add_time_ids(size, (0, 0), size, batch=v, dtype=torch.float32)
             gen = torch.Generator().manual_seed(derive_seed("voxel-prior-heldout-noise", seed, name, s) % (2**63))
-            losses = torch.zeros(len(prompts))
-            for _ in range(repeats):
-                t = torch.randint(100, 900, (v,), generator=gen)
-                eps = torch.randn(z.shape, generator=gen)
-                z_t = sdxl.add_noise(pipe.scheduler, z, eps, t)
-                for k in range(len(prompts)):
-                    e = sdxl.PromptEmbeddings(emb.prompt_embeds[k:k + 1].expand(v, -1, -1),
-                                              emb.pooled[k:k + 1].expand(v, -1))
-                    losses[k] += (sdxl.predict_noise(pipe.unet, pipe.scheduler, z_t, t, e, time_ids) - eps).square().mean()
-            correct += int(losses.argmin()) == label
+            losses = denoise_losses(pipe, rgb, prompts, repeats=repeats, t_low=100, t_high=900, generator=gen)
+            correct += int(np.argmin(losses)) == label
             total += 1
     return correct / total
 

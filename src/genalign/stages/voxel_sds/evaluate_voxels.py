@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -56,36 +55,6 @@ def metric_specs(cfg: EvaluateVoxelsConfig) -> list[MetricSpec]:
         MetricSpec("denoise_loss", "info", None, help="the prior's denoising loss on held-out renders, prompted"),
         MetricSpec("blocks", "info", None, help="solid blocks"),
     ]
-
-
-def _denoise_losses(pipe: Any, images: Any, prompts: list[str], cfg: EvaluateVoxelsConfig) -> list[float]:
-    """Mean ||eps_hat - eps||^2 of the prior on `images` [V, 3, H, W] in [0, 1] under each
-    prompt, with draws that depend on the seed alone (the same for every world)."""
-    import torch
-
-    from genalign.models import sdxl
-
-    dev = pipe.unet.device
-    size = tuple(images.shape[-2:])
-    with torch.no_grad():
-        z = sdxl.encode_images(pipe.vae, images.to(dev) * 2.0 - 1.0, posterior="mode")
-        emb = sdxl.encode_prompt(pipe, prompts)
-        v = z.shape[0]
-        time_ids = sdxl.add_time_ids(size, (0, 0), size, batch=v, dtype=torch.float32).to(dev)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        n = pipe.scheduler.config.num_train_timesteps
-        lo, hi = round(cfg.t_range[0] * (n - 1)), round(cfg.t_range[1] * (n - 1))
-        totals = [0.0] * len(prompts)
-        for _ in range(cfg.denoise_repeats):
-            t = torch.randint(lo, hi + 1, (v,), generator=gen).to(dev)
-            eps = torch.randn(z.shape, generator=gen).to(dev)
-            z_t = sdxl.add_noise(pipe.scheduler, z, eps, t)
-            for k in range(len(prompts)):
-                e = sdxl.PromptEmbeddings(emb.prompt_embeds[k:k + 1].expand(v, -1, -1),
-                                          emb.pooled[k:k + 1].expand(v, -1))
-                pred = sdxl.predict_noise(pipe.unet, pipe.scheduler, z_t, t, e, time_ids)
-                totals[k] += float((pred - eps).square().mean())
-    return [x / cfg.denoise_repeats for x in totals]
 
 
 def _class_of(prompt: str) -> str | None:
@@ -122,6 +91,7 @@ def run(cfg: EvaluateVoxelsConfig, *, world: Path, prior: Path, map: Path, contr
     from genalign.data.voxel_map import floating_share, read_map
     from genalign.data.voxel_scenes import PROMPT_CLASSES, class_scores, histogram_distance
     from genalign.render.cameras import read_cameras
+    from genalign.trainers.voxel_prior import denoise_losses
     from genalign.trainers.voxel_sds import final_renders, images_to_png, load_prior
 
     read_manifest(world, DATASET)
@@ -139,13 +109,17 @@ def run(cfg: EvaluateVoxelsConfig, *, world: Path, prior: Path, map: Path, contr
     cls = classes["prompted"]
     heldout = read_cameras(world / "heldout_cameras.json")
     pipe = load_prior(prior).pipe
+    n = pipe.scheduler.config.num_train_timesteps
+    t_low, t_high = round(cfg.t_range[0] * (n - 1)), round(cfg.t_range[1] * (n - 1))
     class_prompts = [c.prompt for c in PROMPT_CLASSES.values()]
     prompts = list(dict.fromkeys(class_prompts + [prompt, control_prompt]))
 
     renders, rows = {}, {}
     for name, m in maps.items():
         renders[name] = final_renders(m, heldout)
-        losses = dict(zip(prompts, _denoise_losses(pipe, renders[name], prompts, cfg)))
+        losses = dict(zip(prompts, denoise_losses(pipe, renders[name], prompts, repeats=cfg.denoise_repeats,
+                                                  t_low=t_low, t_high=t_high + 1,
+                                                  generator=torch.Generator().manual_seed(cfg.seed))))
         scores = class_scores(m)
         rows[name] = {
             "blocks": float(m.count),
