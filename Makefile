@@ -51,6 +51,7 @@ bench: install ## every benchmark; each prints its table and writes benchmarks/r
 	$(PY) benchmarks/hand_pose_throughput.py
 	$(PY) benchmarks/voxel_map_io.py
 	$(PY) benchmarks/voxel_render.py
+	$(PY) benchmarks/image_dspo_step.py
 
 clean:
 	rm -rf .genalign
