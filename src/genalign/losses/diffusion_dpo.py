@@ -176,8 +176,12 @@ def diffusion_dpo_loss(
         computes -logsigmoid(-0.5 * beta_dpo * (...)), so its beta_dpo = 2 * beta here;
         the DSO code (RuiningLi/dso, finetune.py) and the DSPO code use the same 0.5
         form, so their beta = 2 * beta here too (DSO's 500 is 250 here);
-      - the diffusers port (examples/research_projects/diffusion_dpo) computes
-        -logsigmoid(beta_dpo * (ref_diff - model_diff)), so its beta_dpo = beta here.
+      - the diffusers port (examples/research_projects/diffusion_dpo) differs between
+        its two scripts: train_diffusion_dpo.py (SD 1.5) computes
+        -logsigmoid(beta_dpo * (ref_diff - model_diff)), so its beta_dpo = beta here;
+        train_diffusion_dpo_sdxl.py computes -logsigmoid(-0.5 * beta_dpo * (...)), so its
+        beta_dpo = 2 * beta here (its default 5000 is 2500 here;
+        tests/unit/test_image_dspo_beta.py).
 
     Implicit rewards are r = -beta * (policy_err - ref_err) (reported detached); the
     loss is -log sigmoid(r_w - r_l). Gradients reach the policy errors only: the
